@@ -1,0 +1,108 @@
+r"""Sampling from a consistency model (Algorithm 1) and choosing multistep time points.
+
+Every sampler has the k-diffusion signature ``(model, x, ts, ..., callback=None, disable=None)``, where
+``x`` is the starting noise already at the scale of ``ts[0]`` (x = T z for sampling from scratch).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ._checks import check_time_range
+from .ode import solve
+from .schedules import EPS, T_MAX, karras_boundaries
+
+
+def _times(model, ts) -> tuple[Tensor, float]:
+    eps, T = getattr(model, "eps", EPS), getattr(model, "T", T_MAX)
+    ts = torch.as_tensor(ts, dtype=torch.float64).reshape(-1)
+    if len(ts) == 0:
+        raise ValueError("ts must hold at least one time point (ts = [T] is one-step sampling)")
+    check_time_range(ts, eps, T, "ts")
+    if len(ts) > 1 and not (ts[1:] < ts[:-1]).all():
+        raise ValueError(f"ts must be strictly decreasing; got {ts.tolist()}")
+    return ts, eps
+
+
+@torch.no_grad()
+def multistep_sample(model, x: Tensor, ts: Sequence[float], generator: torch.Generator | None = None,
+                     callback=None, disable: bool | None = None) -> Tensor:
+    r"""Multistep consistency sampling (Algorithm 1).
+
+    .. math:: x \leftarrow f_\theta(x, \tau_1);\quad \text{for } n \ge 2:\;
+              x \leftarrow f_\theta\big(x + \sqrt{\tau_n^2 - \epsilon^2}\, z,\; \tau_n\big),\; z \sim \mathcal N(0, I)
+
+    ``ts = [T]`` is one-step generation. ``x`` must be noise at scale ts[0] (x = ts[0] z).
+    Costs len(ts) network evaluations.
+    """
+    ts, eps = _times(model, ts)
+    for i in tqdm(range(len(ts)), disable=True if disable is None else disable, desc="consistency sampling"):
+        tau = float(ts[i])
+        if i > 0:
+            z = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+            x = x + math.sqrt(tau ** 2 - eps ** 2) * z
+        x = model(x, tau)
+        if callback is not None:
+            callback({"i": i, "t": tau, "x": x})
+    return x
+
+
+def sample(model, shape, ts: Sequence[float] | None = None, generator: torch.Generator | None = None,
+           device=None, dtype=torch.float32) -> Tensor:
+    """Draw samples of the given shape (batch, ...): x_T = T z, then :func:`multistep_sample` with
+    ``ts`` (default ``[T]``: one step)."""
+    T = getattr(model, "T", T_MAX)
+    ts = [T] if ts is None else list(ts)
+    x = T * torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+    if ts[0] != T:
+        raise ValueError(f"sampling from scratch starts at ts[0] = T = {T}; got ts[0] = {ts[0]}")
+    return multistep_sample(model, x, ts, generator=generator)
+
+
+@torch.no_grad()
+def ode_sample(denoiser, shape, N: int = 18, solver: str = "heun", generator=None, eps: float = EPS,
+               T: float = T_MAX, device=None, dtype=torch.float32) -> Tensor:
+    """Baseline diffusion sampler: solve the PF ODE from x_T = T z down to eps on the N-point Karras grid
+    (N - 1 steps; NFE = N - 1 for Euler, 2(N - 1) for Heun)."""
+    x = T * torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+    ts = karras_boundaries(N, eps, T).flip(0)
+    return solve(denoiser, x, ts, solver)
+
+
+def ternary_search_times(model, score: Callable[[Tensor], float], n_steps: int, shape, seed: int = 0,
+                         iters: int = 12, lo: float | None = None, device=None,
+                         dtype=torch.float32) -> tuple[list[float], list[float]]:
+    r"""Greedy ternary search for multistep time points (the paper's §6 procedure).
+
+    tau_1 = T. Each further tau_j is chosen by a ternary search over log tau in (eps, tau_{j-1}) that
+    minimises ``score(samples)`` (lower is better, e.g. a sliced Wasserstein distance to data), with the
+    earlier points fixed; it assumes the score is unimodal in tau_j. Every evaluation uses the same
+    random numbers (``seed``), so the search compares like with like. Returns (times, score after each
+    added step), the first score being the one-step score.
+    """
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1; got {n_steps}")
+    eps, T = getattr(model, "eps", EPS), getattr(model, "T", T_MAX)
+    lo = eps * 1.0001 if lo is None else lo
+
+    def evaluate(ts):
+        g = torch.Generator(device=device or "cpu").manual_seed(seed)
+        return float(score(sample(model, shape, ts, generator=g, device=device, dtype=dtype)))
+
+    times, scores = [T], [evaluate([T])]
+    for _ in range(1, n_steps):
+        a, b = math.log(lo), math.log(times[-1]) - 1e-6
+        for _ in range(iters):
+            m1, m2 = a + (b - a) / 3, b - (b - a) / 3
+            if evaluate(times + [math.exp(m1)]) < evaluate(times + [math.exp(m2)]):
+                b = m2
+            else:
+                a = m1
+        tau = math.exp((a + b) / 2)
+        times.append(tau)
+        scores.append(evaluate(times))
+    return times, scores

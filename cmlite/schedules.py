@@ -1,0 +1,129 @@
+"""Time grids and training schedules.
+
+Notation of Song et al. (2023): boundaries t_1 = eps < t_2 < ... < t_N = T (Karras et al. 2022,
+rho = 7); CT schedules N(k), mu(k) (Appendix C); improved-CT curriculum and lognormal index
+sampling (Song & Dhariwal 2023). Python indices are 0-based: ``t[0] = eps``, ``t[N-1] = T``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ._checks import check_N
+
+EPS = 0.002
+T_MAX = 80.0
+SIGMA_DATA = 0.5
+RHO = 7.0
+
+
+def karras_boundaries(N: int, eps: float = EPS, T: float = T_MAX, rho: float = RHO,
+                      dtype=torch.float64, device=None) -> Tensor:
+    r"""The N time boundaries of Karras et al. (2022), ascending.
+
+    .. math:: t_i = \left(\epsilon^{1/\rho} + \tfrac{i-1}{N-1}(T^{1/\rho} - \epsilon^{1/\rho})\right)^\rho,
+              \quad i = 1, \dots, N
+
+    so ``t[0] == eps`` and ``t[-1] == T`` exactly. Returns a tensor of shape (N,).
+    """
+    N = check_N(N)
+    if not (0 < eps < T):
+        raise ValueError(f"need 0 < eps < T; got eps={eps}, T={T}")
+    i = torch.arange(N, dtype=torch.float64)
+    t = (eps ** (1 / rho) + i / (N - 1) * (T ** (1 / rho) - eps ** (1 / rho))) ** rho
+    t[0], t[-1] = eps, T  # exact end points despite rounding
+    return t.to(dtype=dtype, device=device)
+
+
+def max_gap(t: Tensor) -> float:
+    """Delta t := max_n |t_{n+1} - t_n| (the largest gap; near T on a Karras grid)."""
+    return float((t[1:] - t[:-1]).abs().max())
+
+
+def ct_N(k: int, K: int, s0: int = 2, s1: int = 150) -> int:
+    r"""Discretisation schedule of consistency training (Song et al. 2023, Appendix C):
+
+    .. math:: N(k) = \left\lceil \sqrt{\tfrac{k}{K}((s_1+1)^2 - s_0^2) + s_0^2} - 1 \right\rceil + 1
+
+    grows from s0 + 1 at k = 0 to s1 + 1 at k = K.
+    """
+    if K <= 0:
+        raise ValueError(f"K (total training steps) must be positive; got {K}")
+    k = min(max(k, 0), K)
+    return int(math.ceil(math.sqrt(k / K * ((s1 + 1) ** 2 - s0 ** 2) + s0 ** 2) - 1)) + 1
+
+
+def ct_mu(N: int, s0: int = 2, mu0: float = 0.9, official: bool = False) -> float:
+    r"""EMA decay of the CT target network for discretisation N(k):
+
+    .. math:: \mu(k) = \exp\left(\frac{s_0 \ln \mu_0}{N(k)}\right)
+
+    (the paper). With ``official=True`` use the official code's N(k) - 1 in the denominator, so that
+    mu = mu0 exactly at the start (N = s0 + 1).
+    """
+    denom = N - 1 if official else N
+    return math.exp(s0 * math.log(mu0) / denom)
+
+
+def ict_N(k: int, K: int, s0: int = 10, s1: int = 1280) -> int:
+    r"""Improved-CT curriculum (Song & Dhariwal 2023): N doubles from s0 to s1 in equal stages,
+
+    .. math:: N(k) = \min\left(s_0 2^{\lfloor k / K' \rfloor}, s_1\right) + 1,\quad
+              K' = \left\lfloor \frac{K}{\log_2\lfloor s_1/s_0 \rfloor + 1} \right\rfloor
+    """
+    if K <= 0:
+        raise ValueError(f"K (total training steps) must be positive; got {K}")
+    K_prime = max(1, math.floor(K / (math.log2(math.floor(s1 / s0)) + 1)))
+    return int(min(s0 * 2 ** (k // K_prime), s1)) + 1
+
+
+def lognormal_index_probs(t: Tensor, P_mean: float = -1.1, P_std: float = 2.0) -> Tensor:
+    r"""Probabilities of the improved-CT index n (0-based, n = 0..N-2) over the N boundaries t:
+
+    .. math:: p(n) \propto \operatorname{erf}\frac{\ln t_{n+1} - P_{mean}}{\sqrt 2 P_{std}}
+              - \operatorname{erf}\frac{\ln t_n - P_{mean}}{\sqrt 2 P_{std}}
+
+    i.e. the mass a lognormal(P_mean, P_std) puts on each interval [t_n, t_{n+1}].
+    """
+    lt = torch.log(t.double())
+    cdf = torch.erf((lt - P_mean) / (math.sqrt(2.0) * P_std))
+    p = cdf[1:] - cdf[:-1]
+    return p / p.sum()
+
+
+@dataclass
+class FixedSchedule:
+    """Constant N and target EMA rate mu (consistency distillation; improved CT with fixed N)."""
+    N: int = 18
+    mu: float = 0.0
+
+    def __call__(self, k: int) -> tuple[int, float]:
+        return check_N(self.N), self.mu
+
+
+@dataclass
+class CTSchedule:
+    """Algorithm 3's adaptive schedules: N(k) = :func:`ct_N`, mu(k) = :func:`ct_mu`."""
+    K: int
+    s0: int = 2
+    s1: int = 150
+    mu0: float = 0.9
+    official: bool = False
+
+    def __call__(self, k: int) -> tuple[int, float]:
+        N = ct_N(k, self.K, self.s0, self.s1)
+        return N, ct_mu(N, self.s0, self.mu0, self.official)
+
+
+@dataclass
+class ICTSchedule:
+    """Improved CT: N(k) = :func:`ict_N`, no EMA target (mu = 0)."""
+    K: int
+    s0: int = 10
+    s1: int = 1280
+
+    def __call__(self, k: int) -> tuple[int, float]:
+        return ict_N(k, self.K, self.s0, self.s1), 0.0

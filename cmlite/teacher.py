@@ -1,0 +1,34 @@
+r"""A diffusion teacher for data without an analytic score: denoising score matching with EDM's
+weighting (Karras et al. 2022), trained by the same loop as the consistency models.
+
+.. math:: \mathcal L_{DSM} = \mathbb E_{x, t, z}\; \lambda(t)\, \| D_\phi(x + t z, t) - x \|^2,\quad
+          \ln t \sim \mathcal N(P_{mean}, P_{std}^2),\quad \lambda(t) = \frac{t^2 + \sigma_d^2}{(t \sigma_d)^2}
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._checks import append_dims
+from .schedules import SIGMA_DATA
+
+
+class DenoisingScoreMatchingLoss:
+    """EDM's denoising score-matching loss (P_mean = -1.2, P_std = 1.2), per sample, averaged over
+    the data dimensions. Called like the consistency losses: ``loss(model, x, target=None, N=None)``;
+    ``target`` and ``N`` are ignored (a diffusion model needs neither)."""
+
+    def __init__(self, sigma_data: float = SIGMA_DATA, P_mean: float = -1.2, P_std: float = 1.2):
+        self.sigma_data, self.P_mean, self.P_std = sigma_data, P_mean, P_std
+
+    def __call__(self, model, x: Tensor, target=None, N=None, generator=None) -> Tensor:
+        rnd = torch.randn(x.shape[0], dtype=x.dtype, device=x.device, generator=generator)
+        t = torch.exp(rnd * self.P_std + self.P_mean)
+        z = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+        return self.at(model, x, z, t)
+
+    def at(self, model, x: Tensor, z: Tensor, t: Tensor) -> Tensor:
+        """The loss for given noise z and times t (shape (B,))."""
+        lam = (t ** 2 + self.sigma_data ** 2) / (t * self.sigma_data) ** 2
+        D = model(x + append_dims(t, x.ndim) * z, t)
+        return lam * (D - x).flatten(1).pow(2).mean(1)
