@@ -11,7 +11,7 @@ class SinusoidalEmbedding(nn.Module):
     """Embed a scalar c_noise (shape (B,)) as [cos(w_i c), sin(w_i c)] with geometric frequencies
     w_i from 1 to ``max_freq``."""
 
-    def __init__(self, dim: int = 64, max_freq: float = 100.0):
+    def __init__(self, dim: int = 64, max_freq: float = 16.0):
         super().__init__()
         if dim % 2:
             raise ValueError(f"embedding dim must be even; got {dim}")
@@ -28,10 +28,10 @@ class MLP(nn.Module):
     ``forward(x, c_noise)``; ``dropout`` as in improved CT."""
 
     def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, emb_dim: int = 64,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, max_freq: float = 16.0):
         super().__init__()
         self.dim = dim
-        self.embed = nn.Sequential(SinusoidalEmbedding(emb_dim), nn.Linear(emb_dim, hidden), nn.SiLU(),
+        self.embed = nn.Sequential(SinusoidalEmbedding(emb_dim, max_freq), nn.Linear(emb_dim, hidden), nn.SiLU(),
                                    nn.Linear(hidden, hidden))
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(

@@ -16,6 +16,7 @@ atomic and restore the run exactly (weights, optimiser, RNG states, history), lo
 from __future__ import annotations
 
 import copy
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,7 @@ from .schedules import FixedSchedule
 class TrainConfig:
     """Optimisation settings with defaults that work for 2D toys on a CPU.
 
+    ``lr_schedule``: 'constant' or 'cosine' (decay to 0 at ``steps``), after ``warmup_steps`` of linear warm-up.
     ``ema_rate`` is the evaluation EMA r; with ``ema_warmup`` it is min(r, (1 + k)/(10 + k)) so that
     short runs are not dominated by the initial weights. ``optimizer``: 'adam' or 'radam' (the paper's).
     """
@@ -43,6 +45,7 @@ class TrainConfig:
     optimizer: str = "adam"
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    lr_schedule: str = "constant"
     grad_clip: float | None = None
     ema_rate: float = 0.999
     ema_warmup: bool = True
@@ -144,8 +147,13 @@ class Trainer:
         self.history: dict[str, list] = {"step": [], "loss": [], "N": [], "mu": [], "lr": []}
 
     def _lr(self) -> float:
-        cfg = self.config
-        return cfg.lr * min(1.0, (self.step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        cfg, k = self.config, self.step
+        lr = cfg.lr * min(1.0, (k + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        if cfg.lr_schedule == "cosine":
+            lr *= 0.5 * (1 + math.cos(math.pi * min(k / max(cfg.steps, 1), 1.0)))
+        elif cfg.lr_schedule != "constant":
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine'; got {cfg.lr_schedule!r}")
+        return lr
 
     def train_step(self) -> dict:
         """One optimisation step: sample a batch, compute the loss, step theta, update target and EMA."""
