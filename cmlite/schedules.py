@@ -48,7 +48,7 @@ def ct_N(k: int, K: int, s0: int = 2, s1: int = 150) -> int:
 
     .. math:: N(k) = \left\lceil \sqrt{\tfrac{k}{K}((s_1+1)^2 - s_0^2) + s_0^2} - 1 \right\rceil + 1
 
-    grows from s0 + 1 at k = 0 to s1 + 1 at k = K.
+    grows from N(0) = s0 to N(K) = s1 + 1.
     """
     if K <= 0:
         raise ValueError(f"K (total training steps) must be positive; got {K}")
@@ -61,8 +61,8 @@ def ct_mu(N: int, s0: int = 2, mu0: float = 0.9, official: bool = False) -> floa
 
     .. math:: \mu(k) = \exp\left(\frac{s_0 \ln \mu_0}{N(k)}\right)
 
-    (the paper). With ``official=True`` use the official code's N(k) - 1 in the denominator, so that
-    mu = mu0 exactly at the start (N = s0 + 1).
+    (the paper). With ``official=True`` use the official code's N(k) - 1 in the denominator
+    (its number of intervals), which gives a slightly smaller mu for the same N.
     """
     denom = N - 1 if official else N
     return math.exp(s0 * math.log(mu0) / denom)
