@@ -145,8 +145,9 @@ def plot(res: dict, out: str) -> None:
     ax = axes[-1]
     for name, h in res["histories"].items():
         k = torch.tensor(h["loss"])
-        smooth = torch.nn.functional.avg_pool1d(k[None, None], 50, 10)[0, 0]
-        ax.semilogy(torch.arange(len(smooth)) * 10 + 25, smooth, label=name)
+        w = max(1, min(50, len(k) // 5))
+        smooth = torch.nn.functional.avg_pool1d(k[None, None], w, max(1, w // 5))[0, 0]
+        ax.semilogy(torch.arange(len(smooth)) * max(1, w // 5) + w / 2, smooth, label=name)
     ax.set_title("training loss (moving avg)", fontsize=9), ax.set_xlabel("step"), ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=120)
