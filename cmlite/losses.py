@@ -5,7 +5,7 @@ Every loss is called as ``loss(model, x, target=None, N=18)`` and returns per-sa
 .. math:: \mathcal L = \lambda(t_n)\, d\big(f_\theta(x_{t_{n+1}}, t_{n+1}),\; f_{\theta^-}(\hat x_{t_n}, t_n)\big)
 
 with n drawn over the N-point Karras grid, and the target f_{theta^-} evaluated under ``torch.no_grad``
-(stop-gradient). ``target=None`` uses the online model itself as the target (mu = 0). The deterministic
+(stop-gradient; ``stop_gradient=False`` lets gradients through the target, for ablations only). ``target=None`` uses the online model itself as the target (mu = 0). The deterministic
 core, ``loss.at(model, x, z, n, t, target)``, takes the noise z and the indices n explicitly, for
 common-random-number experiments (Theorem 2).
 """
@@ -95,13 +95,14 @@ class _ConsistencyLoss:
 
     def __init__(self, distance="l2", weighting: str = "uniform", index_sampling: str = "uniform",
                  eps: float = EPS, T: float = T_MAX, rho: float = RHO, sigma_data: float = SIGMA_DATA,
-                 P_mean: float = -1.1, P_std: float = 2.0):
+                 P_mean: float = -1.1, P_std: float = 2.0, stop_gradient: bool = True):
         if index_sampling not in ("uniform", "lognormal"):
             raise ValueError(f"index_sampling must be 'uniform' or 'lognormal'; got {index_sampling!r}")
         self.distance = get_distance(distance)
         self.weighting, self.index_sampling = weighting, index_sampling
         self.eps, self.T, self.rho, self.sigma_data = eps, T, rho, sigma_data
         self.P_mean, self.P_std = P_mean, P_std
+        self.stop_gradient = stop_gradient  # False only for the ablation: gradients then flow through the target
         lambda_weight(weighting, torch.ones(1), 2 * torch.ones(1))  # fail early on an unknown name
 
     def grid(self, N: int, x: Tensor) -> Tensor:
@@ -133,6 +134,7 @@ class _ConsistencyLoss:
         x_np1 = x + append_dims(t_np1, x.ndim) * z
         with torch.no_grad():
             x_hat = self.previous_point(x, z, x_np1, t_n, t_np1)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.stop_gradient):
             f_target = target(x_hat, t_n)
         f_online = model(x_np1, t_np1)
         return lambda_weight(self.weighting, t_n, t_np1, self.sigma_data) * self.distance(f_online, f_target)

@@ -25,6 +25,7 @@ def test_book_has_chapters():
 def test_chapter_runs(path, monkeypatch, tmp_path):
     monkeypatch.setenv("CMLITE_FAST", "1")
     monkeypatch.setenv("MPLBACKEND", "agg")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny tensors: threads only add contention on 2 cores
     monkeypatch.setenv("CMLITE_BOOK_OUT", str(tmp_path))
     nb = jupytext.read(path)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(BOOK)}}).execute()

@@ -57,6 +57,18 @@ def test_target_gets_no_gradient():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
+def test_without_stop_gradient_the_target_branch_gets_gradient():
+    model = cm.ConsistencyModel(cm.MLP(2, 16, 1)).double()
+    x, z = torch.randn(8, 2, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
+    n, t = torch.randint(0, 9, (8,)), cm.karras_boundaries(10)
+    grads = []
+    for sg in (True, False):
+        model.zero_grad()
+        cm.ConsistencyTrainingLoss(stop_gradient=sg).at(model, x, z, n, t).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert not torch.allclose(grads[0], grads[1])
+
+
 def test_weightings_and_distances():
     tn, tn1 = torch.tensor([0.5]), torch.tensor([0.7])
     assert float(cm.lambda_weight("snr", tn, tn1)) == pytest.approx(4.0)
