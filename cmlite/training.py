@@ -161,7 +161,9 @@ class Trainer:
         N, mu = self.schedule(self.step) if self.schedule is not None else (None, None)
         x = self.batches()
         self.model.train()
-        loss = self.loss(self.model, x, target=self.target, N=N).mean()
+        # mu = 0: the target *is* the online network (under stop-gradient, unless the loss turns it off)
+        target = None if mu == 0 else self.target
+        loss = self.loss(self.model, x, target=target, N=N).mean()
         check_finite_loss(loss, self.step)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
