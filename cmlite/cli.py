@@ -17,6 +17,8 @@ def main(argv=None) -> int:
 
     t = sub.add_parser("theorem", help="numerical checks of Theorems 1 and 2 (tables of errors and slopes)")
     t.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
+    t.add_argument("--learned", action="store_true",
+                   help="also train small MLPs by CD (Euler and Heun teachers) and compare (several minutes)")
 
     args = p.parse_args(argv)
     if args.command == "demo":
@@ -24,7 +26,7 @@ def main(argv=None) -> int:
         return run_demo(json_out=args.json, out=args.out, steps=args.steps, seed=args.seed)
     if args.command == "theorem":
         from .theory.report import run_theorem
-        return run_theorem(json_out=args.json)
+        return run_theorem(json_out=args.json, learned=args.learned)
     return 2
 
 

@@ -97,8 +97,9 @@ def solve(D: Denoiser, x: Tensor, ts: Sequence[float] | Tensor, solver: str = "h
     return x
 
 
-def _rk4_step_logt(D: Denoiser, x: Tensor, s0: float, s1: float) -> Tensor:
-    # PF ODE in s = ln t:  dx/ds = t dx/dt = x - D(x, e^s). Smooth in s over [ln eps, ln T].
+def rk4_step_logt(D: Denoiser, x: Tensor, s0: float, s1: float) -> Tensor:
+    r"""One classical RK4 step (local error O(h^5)) of the PF ODE in s = ln t, from s0 to s1:
+    dx/ds = t dx/dt = x - D(x, e^s), smooth in s over [ln eps, ln T]."""
     def g(y, s):
         return y - D(y, torch.full((y.shape[0],), math.exp(s), dtype=y.dtype, device=y.device))
     h = s1 - s0
@@ -126,7 +127,7 @@ def reference_solve(D: Denoiser, x: Tensor, t_from: float, t_to: float, steps: i
         y = x
         s = torch.linspace(math.log(t_from), math.log(t_to), n + 1, dtype=torch.float64)
         for i in range(n):
-            y = _rk4_step_logt(D, y, float(s[i]), float(s[i + 1]))
+            y = rk4_step_logt(D, y, float(s[i]), float(s[i + 1]))
         return y
 
     y = run(steps)
