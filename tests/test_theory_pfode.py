@@ -7,12 +7,6 @@ from cmlite.theory import energy_distance_test, marginal_check, round_trip_check
 from cmlite.theory.common import get_toy
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _short_heun(D, x, t_from, t_to):

@@ -17,13 +17,6 @@ from cmlite.theory import (end_points, get_toy, local_error_order, theorem1_tabl
 from cmlite.theory.common import _rk4_through
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny 2D batches: intra-op threads only add overhead (and oversubscribe a busy CI box)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _slope_ok(table, solver, tol):

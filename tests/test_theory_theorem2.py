@@ -14,12 +14,6 @@ from cmlite.theory import get_toy, posterior_noise_quadrature, theorem2_table
 NS = (8, 32, 128, 512)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def theorem2_holds(tab) -> bool:
