@@ -29,7 +29,6 @@
 # Set `CMLITE_FAST=1` in the environment for a quick, smaller run (used by the test suite).
 
 # %%
-import math
 import os
 
 import matplotlib.pyplot as plt
@@ -129,9 +128,11 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The one-step samples find all nine modes but leave bridges between them; after the second step
-# (re-noised to $\tau = 2$) most bridge samples have fallen into a mode. Later steps at small $\tau$ only
-# move samples locally, so they can sharpen modes but not repair a wrong mode choice.
+# In full mode, the one-step samples find all nine modes but leave bridges between them and give the
+# modes a cross-like shape. Re-noising to $\tau = 2$ and denoising again changes little (from there the
+# network makes the same kind of mistake); the steps at $\tau = 0.5$ and $0.1$ pull most bridge samples into
+# a mode and round the modes off. Steps at small $\tau$ move samples only locally: they can repair the
+# shape of a mode, not a wrong choice of mode.
 #
 # ## 3. Quality against the number of steps
 #
@@ -307,14 +308,14 @@ print("the search put tau_3 at the lower boundary eps: the third step is a no-op
       else f"the search put tau_3 inside the interval, at {times[2]:.4f}")
 
 # %% [markdown]
-# In our full-mode run this curve is *not* unimodal, and it shows what that costs. Just below $\tau_2$ the
-# third step repeats the second at nearly the same noise level and the score improves a little; lower
-# down, re-noising at $\tau_3 \approx 0.01$–$0.1$ only jitters the samples inside their modes and the score gets
-# *worse*; at $\tau_3 \to \epsilon$ it returns to the two-step value. The ternary search compares two interior
-# points, both in the bad middle region, keeps the lower side, and walks to the boundary $\epsilon$: the
-# "third step" it returns does nothing. The dip it missed is of the order of the metric's noise, so
-# little is lost here — but the example is the general lesson: a greedy ternary search finds *a*
-# local optimum, and a sweep is the only way to know whether it is *the* optimum.
+# In our full-mode run this curve is *not* unimodal, and it shows what that costs. At $\tau_3 \to \epsilon$ the
+# third step does nothing (the two-step score); just below $\tau_2$ it repeats the second step at almost
+# the same noise level, and both seeds' curves dip there; in between, the curve wanders by about the
+# noise level of the metric, and the two seeds disagree on its shape. The ternary search compares two
+# interior points in that middle region, keeps the side that happened to look better, and ends at the
+# boundary $\epsilon$: the "third step" it returns does nothing. The dip it missed is smaller than the
+# metric's noise, so little is lost here — but the lesson is general: a greedy ternary search finds a local
+# optimum of one noisy curve, and only a sweep tells whether it is *the* optimum.
 
 # %% [markdown]
 # ## 5. Do the searched times generalise?
@@ -370,6 +371,7 @@ plt.show()
 # * Multistep sampling (Algorithm 1) alternates re-noising to $\tau_n$ and one evaluation of $f_\theta$. With an
 #   exact $f$ extra steps change nothing; with a learned one, they trade NFEs for quality — if placed well.
 # * The sweep of $\tau_2$ has the shape the greedy ternary search assumes — about the one-step score at both
-#   ends, one deep dip in between — and the search finds the dip in two dozen evaluations; the result
+#   ends, one deep dip in between (the bumps in its flat tails are of the size of the metric's noise) —
+#   and the search finds the dip in two dozen evaluations; the result
 #   holds up on fresh noise and held-out data. The sweep of $\tau_3$ need not be unimodal, and there the
 #   search can end at a boundary: sweep before you trust it.

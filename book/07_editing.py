@@ -41,7 +41,7 @@ import torch
 
 import cmlite
 from cmlite import EmpiricalDenoiser, GaussianMixture, karras_boundaries, reference_solve, ring_mixture, solve
-from cmlite.editing import (STROKE_TS, Colorize, Inpaint, KeepCoordinates, SuperResolve, box_mask, colorize, denoise,
+from cmlite.editing import (STROKE_TS, Inpaint, KeepCoordinates, SuperResolve, box_mask, colorize, denoise,
                             edit, inpaint, interpolate, luminance, stroke_guided, super_resolve, upsample_repeat)
 
 FAST = os.environ.get("CMLITE_FAST") == "1"
