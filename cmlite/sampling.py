@@ -75,14 +75,16 @@ def ode_sample(denoiser, shape, N: int = 18, solver: str = "heun", generator=Non
 
 def ternary_search_times(model, score: Callable[[Tensor], float], n_steps: int, shape, seed: int = 0,
                          iters: int = 12, lo: float | None = None, device=None,
-                         dtype=torch.float32) -> tuple[list[float], list[float]]:
+                         dtype=torch.float32, trail: list | None = None) -> tuple[list[float], list[float]]:
     r"""Greedy ternary search for multistep time points (the paper's §6 procedure).
 
     tau_1 = T. Each further tau_j is chosen by a ternary search over log tau in (eps, tau_{j-1}) that
     minimises ``score(samples)`` (lower is better, e.g. a sliced Wasserstein distance to data), with the
     earlier points fixed; it assumes the score is unimodal in tau_j. Every evaluation uses the same
     random numbers (``seed``), so the search compares like with like. Returns (times, score after each
-    added step), the first score being the one-step score.
+    added step), the first score being the one-step score. If ``trail`` is a list, every evaluation is
+    appended to it as ``(times, score)``, to plot what the search did. A time that ends next to ``lo``
+    means that a further step did not help (it is then nearly a no-op).
     """
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1; got {n_steps}")
@@ -91,7 +93,10 @@ def ternary_search_times(model, score: Callable[[Tensor], float], n_steps: int, 
 
     def evaluate(ts):
         g = torch.Generator(device=device or "cpu").manual_seed(seed)
-        return float(score(sample(model, shape, ts, generator=g, device=device, dtype=dtype)))
+        value = float(score(sample(model, shape, ts, generator=g, device=device, dtype=dtype)))
+        if trail is not None:
+            trail.append((list(ts), value))
+        return value
 
     times, scores = [T], [evaluate([T])]
     for _ in range(1, n_steps):

@@ -203,8 +203,10 @@ def test_ternary_search_finds_known_minimum():
         def forward(self, x, t):
             t = torch.as_tensor(t, dtype=x.dtype)
             return torch.zeros_like(x) + (torch.log(t) - math.log(0.5)) ** 2
-    times, scores = cm.ternary_search_times(Bowl(), lambda x: float(x.mean()), 2, (8, 2), iters=14)
+    trail = []
+    times, scores = cm.ternary_search_times(Bowl(), lambda x: float(x.mean()), 2, (8, 2), iters=14, trail=trail)
     assert times[0] == 80.0 and abs(math.log(times[1] / 0.5)) < 0.05
+    assert len(trail) == 1 + 2 * 14 + 1 and trail[-1] == (times, scores[-1])
     assert scores[1] < scores[0]
 
 
