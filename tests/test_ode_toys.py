@@ -113,3 +113,19 @@ def test_bad_inputs():
         cm.solve(gm, torch.randn(3, 2), [1.0], "heun")
     with pytest.raises(ValueError, match="solver"):
         cm.solve(gm, torch.randn(3, 2), [1.0, 0.5], "rk4")
+
+
+def test_heun_solve_matches_edm_algorithm_1():
+    # EDM's deterministic sampler (Karras et al. 2022, Algorithm 1, no churn), written out independently
+    gm = _mixture()
+    ts = cm.karras_boundaries(12).flip(0).tolist() + [0.0]
+    x0 = 80 * torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x = x0
+    for t_cur, t_next in zip(ts[:-1], ts[1:]):
+        d = (x - gm(x, t_cur)) / t_cur
+        x_next = x + (t_next - t_cur) * d
+        if t_next > 0:
+            d_next = (x_next - gm(x_next, t_next)) / t_next
+            x_next = x + (t_next - t_cur) * (d + d_next) / 2
+        x = x_next
+    torch.testing.assert_close(cm.solve(gm, x0, ts, "heun"), x, rtol=1e-12, atol=1e-12)
