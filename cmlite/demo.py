@@ -12,9 +12,8 @@ counts and with the data-vs-data floor, and writes a figure.
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -22,7 +21,7 @@ from .losses import ConsistencyDistillationLoss, ConsistencyTrainingLoss
 from .metrics import data_floor, mmd, sliced_wasserstein
 from .nets import MLP
 from .parameterization import ConsistencyModel
-from .sampling import multistep_sample, ode_sample
+from .sampling import multistep_sample
 from .schedules import CTSchedule, FixedSchedule, T_MAX, karras_boundaries
 from .ode import solve
 from .toys import ring_mixture

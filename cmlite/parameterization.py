@@ -18,8 +18,6 @@ scalings of the skip form at eps = 0.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 

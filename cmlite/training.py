@@ -19,7 +19,7 @@ import copy
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -28,7 +28,6 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ._checks import check_finite_loss
-from .schedules import FixedSchedule
 
 
 @dataclass

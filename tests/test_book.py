@@ -5,7 +5,6 @@ CPU cores; a failing cell fails the test with the cell's traceback.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

@@ -10,7 +10,6 @@ larger N, the discretisation error drops below the optimisation floor (~0.015 RM
 budget): see the full experiment.
 """
 import pytest
-import torch
 
 from cmlite.theory import learned_cd_experiment
 

@@ -1,5 +1,4 @@
 """PF-ODE facts: marginals from N(0, T^2 I), and invertibility (round trip)."""
-import pytest
 import torch
 
 from cmlite.ode import euler_step, heun_step
