@@ -49,7 +49,7 @@ class DemoConfig:
     seed: int = 0
 
 
-def _row(name, nfe, x, data, gm, floor_g=None, ref=None):
+def _row(name, nfe, x, data, gm, ref=None):
     g = torch.Generator().manual_seed(7)
     row = {"method": name, "nfe": nfe,
            "sw2": sliced_wasserstein(x, data, generator=g),
@@ -137,8 +137,7 @@ def plot(res: dict, out: str) -> None:
     for ax, name in zip(axes, panels):
         x = res["samples"][name]
         ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.4)
-        key = {"CD 2-step": "CD 2-step", "CT 2-step": "CT 2-step"}.get(name, name)
-        label = f"\nsliced W2 {sw[key]:.3f}" if key in sw else ""
+        label = f"\nsliced W2 {sw[name]:.3f}" if name in sw else ""
         ax.set_title(name + label, fontsize=9)
         ax.set_xlim(-1.7, 1.7), ax.set_ylim(-1.7, 1.7), ax.set_aspect("equal"), ax.set_xticks([]), ax.set_yticks([])
     ax = axes[-1]
