@@ -1,4 +1,5 @@
-"""The ``cmlite`` command line: ``cmlite demo`` (the main job) and ``cmlite theorem`` (the theory tables)."""
+"""The ``cmlite`` command line: ``cmlite demo`` (the main job), ``cmlite theorem`` (the theory tables), and the
+image commands ``cmlite train | sample | eval | edit`` (registered by :mod:`cmlite.image.cli`)."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +21,9 @@ def main(argv=None) -> int:
     t.add_argument("--learned", action="store_true",
                    help="also train small MLPs by CD (Euler and Heun teachers) and compare (several minutes)")
 
+    from .image.cli import add_image_commands, run_image_command
+    add_image_commands(sub)
+
     args = p.parse_args(argv)
     if args.command == "demo":
         from .demo import run_demo
@@ -27,7 +31,7 @@ def main(argv=None) -> int:
     if args.command == "theorem":
         from .theory.report import run_theorem
         return run_theorem(json_out=args.json, learned=args.learned)
-    return 2
+    return run_image_command(args)
 
 
 if __name__ == "__main__":

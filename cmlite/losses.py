@@ -117,26 +117,27 @@ class _ConsistencyLoss:
         p = lognormal_index_probs(karras_boundaries(N, self.eps, self.T, self.rho), self.P_mean, self.P_std)
         return torch.multinomial(p.float(), B, replacement=True, generator=generator).to(device)
 
-    def __call__(self, model, x: Tensor, target=None, N: int = 18, generator=None) -> Tensor:
+    def __call__(self, model, x: Tensor, target=None, N: int = 18, generator=None, **cond) -> Tensor:
         t = self.grid(N, x)
         n = self.sample_indices(x.shape[0], N, x.device, generator)
         z = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
-        return self.at(model, x, z, n, t, target)
+        return self.at(model, x, z, n, t, target, **cond)
 
-    def previous_point(self, x: Tensor, z: Tensor, x_np1: Tensor, t_n: Tensor, t_np1: Tensor) -> Tensor:
+    def previous_point(self, x: Tensor, z: Tensor, x_np1: Tensor, t_n: Tensor, t_np1: Tensor, **cond) -> Tensor:
         """x_hat_{t_n}: the estimate of the trajectory point at t_n (CD: an ODE step; CT: x + t_n z)."""
         raise NotImplementedError
 
-    def at(self, model, x: Tensor, z: Tensor, n: Tensor, t: Tensor, target=None) -> Tensor:
-        """The loss for given noise z (shaped like x) and indices n (shape (B,)) on the grid t."""
+    def at(self, model, x: Tensor, z: Tensor, n: Tensor, t: Tensor, target=None, **cond) -> Tensor:
+        """The loss for given noise z (shaped like x) and indices n (shape (B,)) on the grid t.
+        ``cond`` (e.g. ``class_labels=y``) is passed to every network evaluation."""
         target = model if target is None else target
         t_n, t_np1 = t[n], t[n + 1]
         x_np1 = x + append_dims(t_np1, x.ndim) * z
         with torch.no_grad():
-            x_hat = self.previous_point(x, z, x_np1, t_n, t_np1)
+            x_hat = self.previous_point(x, z, x_np1, t_n, t_np1, **cond)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.stop_gradient):
-            f_target = target(x_hat, t_n)
-        f_online = model(x_np1, t_np1)
+            f_target = target(x_hat, t_n, **cond)
+        f_online = model(x_np1, t_np1, **cond)
         return lambda_weight(self.weighting, t_n, t_np1, self.sigma_data) * self.distance(f_online, f_target)
 
 
@@ -150,8 +151,9 @@ class ConsistencyDistillationLoss(_ConsistencyLoss):
         self.teacher, self.solver = teacher, solver
         self.step = get_solver(solver)
 
-    def previous_point(self, x, z, x_np1, t_n, t_np1):
-        return self.step(self.teacher, x_np1, t_np1, t_n)
+    def previous_point(self, x, z, x_np1, t_n, t_np1, **cond):
+        teacher = (lambda y, s: self.teacher(y, s, **cond)) if cond else self.teacher
+        return self.step(teacher, x_np1, t_np1, t_n)
 
 
 class ConsistencyTrainingLoss(_ConsistencyLoss):
@@ -159,7 +161,7 @@ class ConsistencyTrainingLoss(_ConsistencyLoss):
     share x and z; this is CD with the Euler solver and the one-sample score estimate -(x_t - x)/t^2.
     Pair it with :class:`cmlite.schedules.CTSchedule` (N(k), mu(k))."""
 
-    def previous_point(self, x, z, x_np1, t_n, t_np1):
+    def previous_point(self, x, z, x_np1, t_n, t_np1, **cond):
         return x + append_dims(t_n, x.ndim) * z
 
 

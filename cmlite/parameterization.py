@@ -50,7 +50,8 @@ class ConsistencyModel(nn.Module):
         eps, T: the time range [eps, T]; times outside it raise ValueError.
         parameterization: ``"skip"`` (default) or ``"piecewise"``; both satisfy f_theta(x, eps) = x exactly.
 
-    ``model(x, t)`` evaluates f_theta; t may be a number or a tensor of shape (B,).
+    ``model(x, t)`` evaluates f_theta; t may be a number or a tensor of shape (B,). Extra keyword
+    arguments (e.g. ``class_labels``) go to the network unchanged: ``model(x, t, class_labels=y)``.
     """
 
     PARAMETERIZATIONS = ("skip", "piecewise")
@@ -70,12 +71,13 @@ class ConsistencyModel(nn.Module):
         """(c_skip, c_out, c_in, c_noise) of this parameterisation at times t (see :func:`get_scalings`)."""
         return get_scalings(t, self.sigma_data, self.eps if self.parameterization == "skip" else 0.0)
 
-    def forward(self, x: Tensor, t) -> Tensor:
+    def forward(self, x: Tensor, t, **cond) -> Tensor:
         t = as_time(t, x)
-        check_time_range(t, self.eps, self.T)
+        if not torch.compiler.is_compiling():  # a host sync: checked in eager mode, skipped when compiled
+            check_time_range(t, self.eps, self.T)
         c_skip, c_out, c_in, c_noise = (append_dims(c, x.ndim) if i < 3 else c
                                         for i, c in enumerate(self.get_scalings(t)))
-        F = self.net(c_in * x, c_noise)
+        F = self.net(c_in * x, c_noise, **cond)
         if F.shape != x.shape:
             raise ValueError(f"the network returned shape {tuple(F.shape)} for input {tuple(x.shape)}; "
                              "it must return a tensor shaped like its input")
@@ -88,16 +90,17 @@ class ConsistencyModel(nn.Module):
 class EDMDenoiser(nn.Module):
     r"""Diffusion denoiser D_phi(x, t) = c_skip x + c_out F_phi(c_in x, c_noise) with EDM scalings
     (:func:`get_scalings` at eps = 0). Train it with :class:`cmlite.teacher.DenoisingScoreMatchingLoss`;
-    it is the teacher of consistency distillation (score = (D - x)/t^2)."""
+    it is the teacher of consistency distillation (score = (D - x)/t^2). Extra keyword arguments
+    (``class_labels``) go to the network."""
 
     def __init__(self, net: nn.Module, sigma_data: float = SIGMA_DATA):
         super().__init__()
         self.net, self.sigma_data = net, float(sigma_data)
 
-    def forward(self, x: Tensor, t) -> Tensor:
+    def forward(self, x: Tensor, t, **cond) -> Tensor:
         t = as_time(t, x)
-        if (t <= 0).any() or not torch.isfinite(t).all():
+        if not torch.compiler.is_compiling() and ((t <= 0).any() or not torch.isfinite(t).all()):
             raise ValueError("the denoiser needs finite times t > 0")
         c_skip, c_out, c_in, c_noise = get_scalings(t, self.sigma_data, 0.0)
         c_skip, c_out, c_in = (append_dims(c, x.ndim) for c in (c_skip, c_out, c_in))
-        return c_skip * x + c_out * self.net(c_in * x, c_noise)
+        return c_skip * x + c_out * self.net(c_in * x, c_noise, **cond)

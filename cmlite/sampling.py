@@ -30,29 +30,30 @@ def _times(model, ts) -> tuple[Tensor, float]:
 
 @torch.no_grad()
 def multistep_sample(model, x: Tensor, ts: Sequence[float], generator: torch.Generator | None = None,
-                     callback=None, disable: bool | None = None) -> Tensor:
+                     callback=None, disable: bool | None = None, extra_args: dict | None = None) -> Tensor:
     r"""Multistep consistency sampling (Algorithm 1).
 
     .. math:: x \leftarrow f_\theta(x, \tau_1);\quad \text{for } n \ge 2:\;
               x \leftarrow f_\theta\big(x + \sqrt{\tau_n^2 - \epsilon^2}\, z,\; \tau_n\big),\; z \sim \mathcal N(0, I)
 
     ``ts = [T]`` is one-step generation. ``x`` must be noise at scale ts[0] (x = ts[0] z).
-    Costs len(ts) network evaluations.
+    Costs len(ts) network evaluations. ``extra_args`` (e.g. ``{"class_labels": y}``) go to the model.
     """
     ts, eps = _times(model, ts)
+    extra_args = extra_args or {}
     for i in tqdm(range(len(ts)), disable=True if disable is None else disable, desc="consistency sampling"):
         tau = float(ts[i])
         if i > 0:
             z = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
             x = x + math.sqrt(tau ** 2 - eps ** 2) * z
-        x = model(x, tau)
+        x = model(x, tau, **extra_args)
         if callback is not None:
             callback({"i": i, "t": tau, "x": x})
     return x
 
 
 def sample(model, shape, ts: Sequence[float] | None = None, generator: torch.Generator | None = None,
-           device=None, dtype=torch.float32) -> Tensor:
+           device=None, dtype=torch.float32, extra_args: dict | None = None) -> Tensor:
     """Draw samples of the given shape (batch, ...): x_T = T z, then :func:`multistep_sample` with
     ``ts`` (default ``[T]``: one step)."""
     T = getattr(model, "T", T_MAX)
@@ -60,17 +61,18 @@ def sample(model, shape, ts: Sequence[float] | None = None, generator: torch.Gen
     x = T * torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
     if ts[0] != T:
         raise ValueError(f"sampling from scratch starts at ts[0] = T = {T}; got ts[0] = {ts[0]}")
-    return multistep_sample(model, x, ts, generator=generator)
+    return multistep_sample(model, x, ts, generator=generator, extra_args=extra_args)
 
 
 @torch.no_grad()
 def ode_sample(denoiser, shape, N: int = 18, solver: str = "heun", generator=None, eps: float = EPS,
-               T: float = T_MAX, device=None, dtype=torch.float32) -> Tensor:
+               T: float = T_MAX, device=None, dtype=torch.float32, extra_args: dict | None = None) -> Tensor:
     """Baseline diffusion sampler: solve the PF ODE from x_T = T z down to eps on the N-point Karras grid
-    (N - 1 steps; NFE = N - 1 for Euler, 2(N - 1) for Heun)."""
+    (N - 1 steps; NFE = N - 1 for Euler, 2(N - 1) for Heun). ``extra_args`` go to the denoiser."""
     x = T * torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
     ts = karras_boundaries(N, eps, T).flip(0)
-    return solve(denoiser, x, ts, solver)
+    D = (lambda y, t: denoiser(y, t, **extra_args)) if extra_args else denoiser
+    return solve(D, x, ts, solver)
 
 
 def ternary_search_times(model, score: Callable[[Tensor], float], n_steps: int, shape, seed: int = 0,

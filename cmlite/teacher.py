@@ -21,14 +21,14 @@ class DenoisingScoreMatchingLoss:
     def __init__(self, sigma_data: float = SIGMA_DATA, P_mean: float = -1.2, P_std: float = 1.2):
         self.sigma_data, self.P_mean, self.P_std = sigma_data, P_mean, P_std
 
-    def __call__(self, model, x: Tensor, target=None, N=None, generator=None) -> Tensor:
+    def __call__(self, model, x: Tensor, target=None, N=None, generator=None, **cond) -> Tensor:
         rnd = torch.randn(x.shape[0], dtype=x.dtype, device=x.device, generator=generator)
         t = torch.exp(rnd * self.P_std + self.P_mean)
         z = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
-        return self.at(model, x, z, t)
+        return self.at(model, x, z, t, **cond)
 
-    def at(self, model, x: Tensor, z: Tensor, t: Tensor) -> Tensor:
-        """The loss for given noise z and times t (shape (B,))."""
+    def at(self, model, x: Tensor, z: Tensor, t: Tensor, **cond) -> Tensor:
+        """The loss for given noise z and times t (shape (B,)); ``cond`` goes to the model."""
         lam = (t ** 2 + self.sigma_data ** 2) / (t * self.sigma_data) ** 2
-        D = model(x + append_dims(t, x.ndim) * z, t)
+        D = model(x + append_dims(t, x.ndim) * z, t, **cond)
         return lam * (D - x).flatten(1).pow(2).mean(1)
