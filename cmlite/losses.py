@@ -22,6 +22,18 @@ from .ode import Denoiser, get_solver
 from .schedules import EPS, RHO, SIGMA_DATA, T_MAX, karras_boundaries, lognormal_index_probs
 
 
+# ---------------------------------------------------------------- random draws, optionally one rank's share
+def draw(fn, B: int, shard: tuple[int, int] | None = None):
+    """Call ``fn(B)`` (a random draw with B rows), or, for data-parallel rank r of w (``shard = (r, w)``),
+    draw ``fn(w * B)`` from the same random stream as a single process with the w-times larger batch and
+    keep rows r*B ... (r+1)*B - 1. So w processes with batch B see exactly the noise of one process with
+    batch w*B (the extra draws cost little next to a network evaluation)."""
+    if shard is None or shard[1] == 1:
+        return fn(B)
+    r, w = shard
+    return fn(w * B)[r * B:(r + 1) * B]
+
+
 # ---------------------------------------------------------------- distances d(a, b), per sample
 def _flat(a: Tensor, b: Tensor) -> Tensor:
     if a.shape != b.shape:
@@ -115,12 +127,14 @@ class _ConsistencyLoss:
         if self.index_sampling == "uniform":
             return torch.randint(0, N - 1, (B,), device=device, generator=generator)
         p = lognormal_index_probs(karras_boundaries(N, self.eps, self.T, self.rho), self.P_mean, self.P_std)
-        return torch.multinomial(p.float(), B, replacement=True, generator=generator).to(device)
+        return torch.multinomial(p.float().to(device), B, replacement=True, generator=generator)
 
-    def __call__(self, model, x: Tensor, target=None, N: int = 18, generator=None, **cond) -> Tensor:
+    def __call__(self, model, x: Tensor, target=None, N: int = 18, generator=None, shard=None, **cond) -> Tensor:
+        """Draw n and z (see :func:`draw` for ``shard``) and return :meth:`at`'s per-sample losses."""
         t = self.grid(N, x)
-        n = self.sample_indices(x.shape[0], N, x.device, generator)
-        z = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+        B, rest = x.shape[0], x.shape[1:]
+        n = draw(lambda b: self.sample_indices(b, N, x.device, generator), B, shard)
+        z = draw(lambda b: torch.randn((b, *rest), dtype=x.dtype, device=x.device, generator=generator), B, shard)
         return self.at(model, x, z, n, t, target, **cond)
 
     def previous_point(self, x: Tensor, z: Tensor, x_np1: Tensor, t_n: Tensor, t_np1: Tensor, **cond) -> Tensor:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ._checks import append_dims
+from .losses import draw
 from .schedules import SIGMA_DATA
 
 
@@ -21,10 +22,11 @@ class DenoisingScoreMatchingLoss:
     def __init__(self, sigma_data: float = SIGMA_DATA, P_mean: float = -1.2, P_std: float = 1.2):
         self.sigma_data, self.P_mean, self.P_std = sigma_data, P_mean, P_std
 
-    def __call__(self, model, x: Tensor, target=None, N=None, generator=None, **cond) -> Tensor:
-        rnd = torch.randn(x.shape[0], dtype=x.dtype, device=x.device, generator=generator)
+    def __call__(self, model, x: Tensor, target=None, N=None, generator=None, shard=None, **cond) -> Tensor:
+        B, rest = x.shape[0], x.shape[1:]
+        rnd = draw(lambda b: torch.randn(b, dtype=x.dtype, device=x.device, generator=generator), B, shard)
         t = torch.exp(rnd * self.P_std + self.P_mean)
-        z = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+        z = draw(lambda b: torch.randn((b, *rest), dtype=x.dtype, device=x.device, generator=generator), B, shard)
         return self.at(model, x, z, t, **cond)
 
     def at(self, model, x: Tensor, z: Tensor, t: Tensor, **cond) -> Tensor:
