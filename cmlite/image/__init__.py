@@ -1,0 +1,1 @@
+"""Image data, networks and training for consistency models on image data sets."""
