@@ -12,19 +12,21 @@ counts and with the data-vs-data floor, and writes a figure.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 
 from .losses import ConsistencyDistillationLoss, ConsistencyTrainingLoss
-from .metrics import data_floor, mmd, sliced_wasserstein
+from .metrics import data_floor, mmd, off_mode_fraction, off_mode_fraction_expected, sliced_wasserstein
 from .nets import MLP
 from .parameterization import ConsistencyModel
 from .sampling import multistep_sample
 from .schedules import CTSchedule, FixedSchedule, T_MAX, karras_boundaries
 from .ode import solve
 from .toys import ring_mixture
+from .threads import small_model_threads
 from .training import TrainConfig, Trainer
 
 
@@ -49,12 +51,16 @@ class DemoConfig:
     seed: int = 0
 
 
+OFF_MODE_K = 3.0   # a sample is "off-mode" if it lies further than 3 std from every mode
+
+
 def _row(name, nfe, x, data, gm, ref=None):
     g = torch.Generator().manual_seed(7)
     row = {"method": name, "nfe": nfe,
            "sw2": sliced_wasserstein(x, data, generator=g),
            "mmd": mmd(x, data),
-           "loglik": float(gm.log_prob(x).mean())}
+           "loglik": float(gm.log_prob(x).mean()),
+           "off_mode": off_mode_fraction(x, gm, OFF_MODE_K)}
     if ref is not None:  # pathwise error against the exact PF-ODE solution from the same x_T
         row["path_rms"] = float((x - ref).pow(2).sum(1).mean().sqrt())
     return row
@@ -73,9 +79,11 @@ def run(cfg: DemoConfig = DemoConfig(), progress: bool = True) -> dict:
     rows, timings, samples = [], {}, {"data": data}
     floor = data_floor(gm.sample, sliced_wasserstein, cfg.n_eval, repeats=5,
                        generator=torch.Generator().manual_seed(cfg.seed + 3))
+    fresh = gm.sample(cfg.n_eval, generator=g)
     rows.append({"method": "data vs data (floor)", "nfe": 0, "sw2": floor["mean"], "sw2_std": floor["std"],
                  "mmd": mmd(gm.sample(cfg.n_eval, generator=g), data),
-                 "loglik": float(gm.log_prob(gm.sample(cfg.n_eval, generator=g)).mean())})
+                 "loglik": float(gm.log_prob(fresh).mean()), "off_mode": off_mode_fraction(fresh, gm, OFF_MODE_K),
+                 "off_mode_expected": off_mode_fraction_expected(gm, OFF_MODE_K)})
     for N in cfg.teacher_N:
         xs = solve(gm, x_T, karras_boundaries(N).flip(0), "heun")
         rows.append(_row(f"teacher Heun ODE, N={N}", 2 * (N - 1), xs, data, gm, ref=exact))
@@ -112,18 +120,24 @@ def _fmt(v, nd=4):
 
 def print_table(res: dict) -> None:
     print("2D ring of 8 Gaussians: sample quality against 4000 data points (lower sw2 / mmd is better; "
-          "loglik = mean log p_data of the samples, higher is better;\npath_rms = RMS distance to the exact "
+          "loglik = mean log p_data of the samples, higher is better;\noff-mode = share of samples further than "
+          f"{OFF_MODE_K:g} std from every mode, i.e. between modes; path_rms = RMS distance to the exact "
           "PF-ODE image of the same noise x_T)\n")
-    head = f"{'method':<32}{'NFE':>4}{'sliced W2':>17}{'MMD^2':>10}{'loglik':>13}{'path_rms':>10}"
+    head = f"{'method':<32}{'NFE':>4}{'sliced W2':>17}{'MMD^2':>10}{'loglik':>13}{'off-mode':>10}{'path_rms':>10}"
     print(head)
     print("-" * len(head))
     for r in res["rows"]:
         sw = _fmt(r["sw2"]) + (f"±{r['sw2_std']:.4f}" if "sw2_std" in r else "")
         print(f"{r['method']:<32}{r['nfe']:>4}{sw:>17}{_fmt(r['mmd'], 5):>10}{_fmt(r['loglik'], 3):>13}"
-              f"{_fmt(r.get('path_rms')):>10}")
+              f"{100 * r['off_mode']:>9.1f}%{_fmt(r.get('path_rms')):>10}")
+    data = res["rows"][0]
     t = res["timings"]
-    print(f"\ntraining time: CD {t['CD_train_s']:.1f} s, CT {t['CT_train_s']:.1f} s "
-          f"({res['config']['steps']} steps each, batch {res['config']['batch_size']})")
+    print(f"\noff-mode share of data: expected {100 * data['off_mode_expected']:.2f}% (P(chi_2 > {OFF_MODE_K:g})); "
+          f"binomial noise at n = {res['config']['n_eval']}: "
+          f"±{100 * math.sqrt(data['off_mode_expected'] * (1 - data['off_mode_expected']) / res['config']['n_eval']):.2f}%")
+    print(f"training time: CD {t['CD_train_s']:.1f} s, CT {t['CT_train_s']:.1f} s "
+          f"({res['config']['steps']} steps each, batch {res['config']['batch_size']}, "
+          f"{t.get('threads', torch.get_num_threads())} torch thread(s))")
 
 
 def plot(res: dict, out: str) -> None:
@@ -152,16 +166,22 @@ def plot(res: dict, out: str) -> None:
     plt.close(fig)
 
 
-def run_demo(json_out: bool = False, out: str = "cmlite_demo.png", steps: int | None = None, seed: int = 0) -> int:
+def run_demo(json_out: bool = False, out: str = "cmlite_demo.png", steps: int | None = None, seed: int = 0,
+             threads: int | None = None) -> int:
+    """Entry point of ``cmlite demo``. ``threads``: torch intra-op threads while it runs
+    (:func:`cmlite.threads.default_threads`: ``$CMLITE_THREADS``, else 1)."""
     cfg = DemoConfig(seed=seed) if steps is None else DemoConfig(steps=steps, seed=seed)
-    t0 = time.perf_counter()
-    res = run(cfg, progress=not json_out)
-    res["timings"]["total_s"] = time.perf_counter() - t0
-    if out:
-        plot(res, out)
+    with small_model_threads(threads) as n_threads:
+        t0 = time.perf_counter()
+        res = run(cfg, progress=not json_out)
+        res["timings"]["total_s"] = time.perf_counter() - t0
+        res["timings"]["threads"] = n_threads
+        if out:
+            plot(res, out)
     if json_out:
-        print(json.dumps({k: res[k] for k in ("config", "rows", "timings")} | {"figure": out}, indent=2))
+        print(json.dumps({k: res[k] for k in ("config", "rows", "timings")} | {"figure": out or None}, indent=2))
     else:
         print_table(res)
-        print(f"total time {res['timings']['total_s']:.1f} s; figure written to {out}")
+        where = f"figure written to {out}" if out else "no figure (--out '')"
+        print(f"total time {res['timings']['total_s']:.1f} s; {where}")
     return 0

@@ -103,10 +103,12 @@ def relative_norm(num: Tensor, den: Tensor) -> dict:
     r"""sqrt(|E a|^2 / |E b|^2) from K batch rows of a (``num``) and b (``den``), each squared norm
     estimated by the U-statistic (no noise bias), with jackknife standard errors over the batches.
 
-    Returns ``value`` (0 when the numerator's estimate is negative, i.e. pure noise), ``se`` (jackknife SE
-    of the ratio), ``resolved`` (the numerator's U-statistic exceeds twice its jackknife SE, i.e. the gap is
-    distinguishable from zero at about the 2-sigma level) and ``upper`` (the ratio with the numerator
-    raised by two SEs: an approximate 97.5% upper bound, useful when the gap is not resolved)."""
+    Returns ``value`` (``None`` when the numerator's estimate is negative, i.e. pure noise: there is no
+    estimate, only the bound), ``se`` (jackknife SE of the ratio; ``None`` with the value), ``resolved`` (the
+    numerator's U-statistic exceeds twice its jackknife SE, i.e. the gap is distinguishable from zero at about
+    the 2-sigma level), ``upper`` (the ratio with the numerator raised by two SEs: an approximate 97.5% upper
+    bound, useful when the gap is not resolved) and ``text``: "value±se" when resolved, else
+    "unresolved (< upper)"."""
     K = num.shape[0]
     Un, Ud = float(_u_sq_norm(num)), float(_u_sq_norm(den))
     loo_n, loo_d = [], []
@@ -120,10 +122,11 @@ def relative_norm(num: Tensor, den: Tensor) -> dict:
         return math.sqrt((K - 1) / K * float(((v - v.mean()) ** 2).sum()))
 
     se_n = jk(loo_n)
-    value = math.sqrt(max(Un, 0.0) / Ud)
-    se = jk(torch.sqrt(loo_n.clamp(min=0) / loo_d))
-    return {"value": value, "se": se, "resolved": Un > 2 * se_n,
-            "upper": math.sqrt(max(Un + 2 * se_n, 0.0) / Ud)}
+    value = math.sqrt(Un / Ud) if Un > 0 else None
+    se = jk(torch.sqrt(loo_n.clamp(min=0) / loo_d)) if value is not None else None
+    resolved, upper = Un > 2 * se_n, math.sqrt(max(Un + 2 * se_n, 0.0) / Ud)
+    text = f"{value:.3e}±{se:.1e}" if resolved else f"unresolved (< {upper:.2e})"
+    return {"value": value, "se": se, "resolved": resolved, "upper": upper, "text": text}
 
 
 def cd_ct_gap(model, teacher, mixture: GaussianMixture, x: Tensor, z: Tensor, u: Tensor, N: int,
@@ -167,8 +170,10 @@ def cd_ct_gap(model, teacher, mixture: GaussianMixture, x: Tensor, z: Tensor, u:
             "loss_gap_mc": float(d_mc.mean()), "loss_gap_mc_se": float(d_mc.std() / math.sqrt(B)),
             "grad_cd_norm": math.sqrt(max(float(_u_sq_norm(g_cd)), 0.0)),
             "rel_grad_gap": rb["value"], "rel_grad_gap_se": rb["se"], "rel_grad_gap_resolved": rb["resolved"],
+            "rel_grad_gap_upper": rb["upper"], "rel_grad_gap_text": rb["text"],
             "rel_grad_gap_mc": mc["value"], "rel_grad_gap_mc_se": mc["se"],
-            "rel_grad_gap_mc_resolved": mc["resolved"], "rel_grad_gap_mc_upper": mc["upper"]}
+            "rel_grad_gap_mc_resolved": mc["resolved"], "rel_grad_gap_mc_upper": mc["upper"],
+            "rel_grad_gap_mc_text": mc["text"]}
 
 
 def theorem2_table(toy="mixture", Ns: Sequence[int] = DEFAULT_NS, B: int = 2048, groups: int = 16,
@@ -200,7 +205,7 @@ def theorem2_table(toy="mixture", Ns: Sequence[int] = DEFAULT_NS, B: int = 2048,
     fit = [r for r in rows if fit_range[0] <= r["N"] <= fit_range[1]]
     loss_slope = fit_slope([r["dt"] for r in fit], [abs(r["loss_gap"]) for r in fit])[0] \
         if len(fit) >= 2 else float("nan")
-    pos = [r for r in fit if r["rel_grad_gap"] > 0]
+    pos = [r for r in fit if r["rel_grad_gap"] is not None]  # None: no estimate (clamped), only a bound
     grad_slope = fit_slope([r["dt"] for r in pos], [r["rel_grad_gap"] for r in pos])[0] \
         if len(pos) >= 2 else float("nan")
     return {"toy": T.name, "description": T.description,
