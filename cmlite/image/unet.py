@@ -1,0 +1,301 @@
+r"""The DDPM++ U-Net of EDM (Karras et al. 2022, "SongUNet"), the CIFAR-10 network of EDM and ECT.
+
+``UNet(config)(x, c_noise, class_labels=None)`` is the free-form network F_theta(c_in x, c_noise) that
+:class:`cmlite.parameterization.ConsistencyModel` and :class:`~cmlite.parameterization.EDMDenoiser`
+wrap; it returns a tensor shaped like x. The architecture:
+
+* mapping: c_noise (the caller passes ln(t)/4) -> sinusoidal embedding [sin, cos] of
+  ``model_channels * channel_mult_noise`` channels (+ a linear embedding of the one-hot class label)
+  -> Linear-SiLU-Linear-SiLU -> emb of ``model_channels * channel_mult_emb`` channels;
+* encoder: a 3x3 conv, then per level (channels ``model_channels * channel_mult[level]``) a
+  downsampling residual block (levels > 0) and ``num_blocks`` residual blocks;
+* decoder: two blocks at the lowest level (the first with attention), then per level an upsampling
+  block (levels < last) and ``num_blocks + 1`` blocks, each fed the concatenated encoder skip;
+* output: GroupNorm-SiLU-3x3 conv. Self-attention follows the residual blocks at the resolutions in
+  ``attn_resolutions`` (in terms of ``img_resolution``; the decoder uses it in the last block of a level).
+
+Each residual block is GroupNorm-SiLU-conv3x3 (with 2x resampling by an FIR filter), plus the
+embedding, GroupNorm-SiLU-dropout-conv3x3, a 1x1 conv on the skip path when shapes change, and output
+scaled by 1/sqrt(2). Weights are xavier-uniform; the last conv of each block, the attention output and
+the output conv start at 1e-5 of that (EDM), so a new net outputs ~0 and f_theta starts as c_skip x.
+Any H, W divisible by 2**(levels-1) work (28 -> 14 -> 7 for MNIST with three levels).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SKIP_SCALE = math.sqrt(0.5)
+
+
+@dataclass
+class UNetConfig:
+    """Hyper-parameters of :class:`UNet` (names and defaults of EDM's DDPM++ CIFAR-10 network)."""
+    img_resolution: int
+    in_channels: int
+    out_channels: int | None = None      # None = in_channels
+    model_channels: int = 128
+    channel_mult: tuple = (2, 2, 2)
+    num_blocks: int = 4
+    attn_resolutions: tuple = (16,)
+    dropout: float = 0.13
+    num_classes: int = 0                 # 0 = unconditional
+    label_dropout: float = 0.0           # for classifier-free guidance
+    embedding_type: str = "positional"   # "positional" (DDPM++) or "fourier" (NCSN++)
+    channel_mult_noise: int = 1
+    resample_filter: tuple = (1, 1)      # (1, 1): nearest up / 2x2 average down; (1, 3, 3, 1) for NCSN++
+    channel_mult_emb: int = 4
+    attn_heads: int = 1                  # DDPM++ uses one head
+    adaptive_scale: bool = False         # EDM's DDPM++: additive embedding
+
+    def __post_init__(self):
+        self.out_channels = self.in_channels if self.out_channels is None else self.out_channels
+        self.channel_mult, self.attn_resolutions = tuple(self.channel_mult), tuple(self.attn_resolutions)
+        self.resample_filter = tuple(self.resample_filter)
+        if self.embedding_type not in ("positional", "fourier"):
+            raise ValueError(f"embedding_type must be 'positional' or 'fourier'; got {self.embedding_type!r}")
+        if (self.model_channels * self.channel_mult_noise) % 2:
+            raise ValueError("model_channels * channel_mult_noise must be even (sin/cos pairs)")
+        if any(self.model_channels * m % self.attn_heads for m in self.channel_mult):
+            raise ValueError(f"attn_heads={self.attn_heads} must divide every level's channel count")
+        check_resolution(self, self.img_resolution, self.img_resolution)
+
+
+def check_resolution(config: UNetConfig, h: int, w: int) -> None:
+    """Raise ValueError unless an h x w image can be halved len(channel_mult) - 1 times."""
+    k = 2 ** (len(config.channel_mult) - 1)
+    if h % k or w % k or h < k or w < k:
+        raise ValueError(f"a UNet with channel_mult={config.channel_mult} halves the resolution "
+                         f"{len(config.channel_mult) - 1} times, so H and W must be multiples of {k}; "
+                         f"got {h}x{w}")
+
+
+UNET_PRESETS = {
+    # CPU tests: 8x8 to 32x32, any channel count (override in_channels / img_resolution)
+    "tiny": dict(img_resolution=16, in_channels=3, model_channels=16, channel_mult=(1, 2), num_blocks=1,
+                 attn_resolutions=(8,), dropout=0.0),
+    "mnist": dict(img_resolution=28, in_channels=1, model_channels=64, channel_mult=(1, 2, 2), num_blocks=2,
+                  attn_resolutions=(7,), dropout=0.1),
+    # EDM's DDPM++ (train.py --arch=ddpmpp, as used by ECT): 55.73M parameters
+    "cifar10": dict(img_resolution=32, in_channels=3, model_channels=128, channel_mult=(2, 2, 2), num_blocks=4,
+                    attn_resolutions=(16,), dropout=0.13),
+    # "cifar10" at half the width and 3 blocks: 11.4M parameters, 1/5 of the FLOPs, for short runs
+    "cifar10-small": dict(img_resolution=32, in_channels=3, model_channels=64, channel_mult=(2, 2, 2),
+                          num_blocks=3, attn_resolutions=(16,), dropout=0.13),
+}
+
+
+def unet_config(name: str, **overrides) -> UNetConfig:
+    """The preset ``name`` of :data:`UNET_PRESETS` with keyword overrides, e.g.
+    ``unet_config("cifar10", num_classes=10)``."""
+    if name not in UNET_PRESETS:
+        raise ValueError(f"unknown UNet preset {name!r}; choose from {sorted(UNET_PRESETS)}")
+    return UNetConfig(**{**UNET_PRESETS[name], **overrides})
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of scalar parameters of ``module`` (buffers excluded)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def _init(layer: nn.Module, scale: float = 1.0) -> nn.Module:
+    """EDM's init: xavier-uniform weight times ``scale``, zero bias."""
+    nn.init.xavier_uniform_(layer.weight)
+    with torch.no_grad():
+        layer.weight.mul_(scale)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+def conv(cin: int, cout: int, kernel: int, scale: float = 1.0) -> nn.Conv2d:
+    return _init(nn.Conv2d(cin, cout, kernel, padding=kernel // 2), scale)
+
+
+def linear(cin: int, cout: int, scale: float = 1.0) -> nn.Linear:
+    return _init(nn.Linear(cin, cout), scale)
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with EDM's min(32, C/4) groups, lowered until it divides C."""
+    g = max(1, min(32, channels // 4))
+    while channels % g:
+        g -= 1
+    return nn.GroupNorm(g, channels, eps=1e-6)
+
+
+class Resample(nn.Module):
+    """2x up- or down-sampling by a separable FIR filter f f^T / (sum f)^2, applied per channel.
+    With f = (1, 1): nearest-neighbour upsampling and 2x2 average pooling."""
+
+    def __init__(self, mode: str, filt=(1, 1)):
+        super().__init__()
+        f = torch.as_tensor(filt, dtype=torch.float32)
+        self.mode, self.pad = mode, (len(filt) - 1) // 2
+        self.register_buffer("filt", (torch.outer(f, f) / f.sum() ** 2)[None, None], persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = x.shape[1]
+        if self.mode == "up":
+            f = (self.filt * 4).to(x.dtype).repeat(c, 1, 1, 1)
+            return F.conv_transpose2d(x, f, stride=2, padding=self.pad, groups=c)
+        return F.conv2d(x, self.filt.to(x.dtype).repeat(c, 1, 1, 1), stride=2, padding=self.pad, groups=c)
+
+
+class Attention(nn.Module):
+    """Self-attention over the H*W positions: GroupNorm, 1x1 qkv conv, fused softmax(q k^T / sqrt(d)) v
+    (``scaled_dot_product_attention``), 1x1 output conv; residual, scaled by 1/sqrt(2)."""
+
+    def __init__(self, channels: int, heads: int = 1):
+        super().__init__()
+        self.heads = heads
+        self.norm = group_norm(channels)
+        self.qkv = conv(channels, 3 * channels, 1, math.sqrt(0.2))
+        self.proj = conv(channels, channels, 1, 1e-5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, self.heads, c // self.heads, 3, h * w)
+        q, k, v = qkv.transpose(2, 4).unbind(3)             # each (b, heads, h*w, c/heads)
+        a = F.scaled_dot_product_attention(q, k, v)
+        a = a.transpose(2, 3).reshape(b, c, h, w)
+        return (x + self.proj(a)) * SKIP_SCALE
+
+
+class ResBlock(nn.Module):
+    """EDM's UNetBlock: h = conv0(SiLU(GN(x))) (resampled), h = SiLU(GN(h + A emb)) (or the adaptive
+    scale/shift), h = conv1(dropout(h)); out = (h + skip(x)) / sqrt(2), then optional self-attention."""
+
+    def __init__(self, cin: int, cout: int, emb_channels: int, cfg: UNetConfig, resample: str | None = None,
+                 attention: bool = False, cat_skip: bool = False):
+        super().__init__()
+        self.in_channels, self.cat_skip, self.dropout = cin, cat_skip, cfg.dropout
+        self.adaptive_scale = cfg.adaptive_scale
+        self.resample = Resample(resample, cfg.resample_filter) if resample else nn.Identity()
+        self.norm0, self.conv0 = group_norm(cin), conv(cin, cout, 3)
+        self.affine = linear(emb_channels, cout * (2 if cfg.adaptive_scale else 1))
+        self.norm1, self.conv1 = group_norm(cout), conv(cout, cout, 3, 1e-5)
+        self.skip = conv(cin, cout, 1) if (cin != cout or resample) else None
+        self.attn = Attention(cout, cfg.attn_heads) if attention else None
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv0(self.resample(F.silu(self.norm0(x))))
+        p = self.affine(emb)[:, :, None, None].to(h.dtype)
+        if self.adaptive_scale:
+            scale, shift = p.chunk(2, dim=1)
+            h = F.silu(torch.addcmul(shift, self.norm1(h), scale + 1))
+        else:
+            h = F.silu(self.norm1(h + p))
+        h = self.conv1(F.dropout(h, p=self.dropout, training=self.training))
+        skip = x if self.skip is None else self.skip(self.resample(x))
+        x = (h + skip) * SKIP_SCALE
+        return x if self.attn is None else self.attn(x)
+
+
+class NoiseEmbedding(nn.Module):
+    """[sin(c w_i), cos(c w_i)]: "positional" w_i = 10000^(-i/(n/2-1)) (DDPM++), or "fourier" fixed random
+    w_i ~ 2 pi N(0, 16^2) (NCSN++)."""
+
+    def __init__(self, channels: int, kind: str = "positional"):
+        super().__init__()
+        n = channels // 2
+        if kind == "positional":
+            w = (1 / 10000) ** (torch.arange(n, dtype=torch.float32) / max(n - 1, 1))
+        else:
+            w = 2 * math.pi * 16 * torch.randn(n)
+        self.register_buffer("freqs", w, persistent=kind == "fourier")
+
+    def forward(self, c: Tensor) -> Tensor:
+        a = c.to(torch.float32)[:, None] * self.freqs[None]
+        return torch.cat([a.sin(), a.cos()], dim=1)
+
+
+class UNet(nn.Module):
+    """EDM's DDPM++ U-Net; see the module docstring. ``forward(x, c_noise, class_labels=None)``:
+    x (B, C, H, W), c_noise (B,) or a scalar, class_labels int (B,) or one-hot float (B, num_classes)."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = cfg = config
+        mc, emb_ch, noise_ch = cfg.model_channels, cfg.model_channels * cfg.channel_mult_emb, \
+            cfg.model_channels * cfg.channel_mult_noise
+        self.map_noise = NoiseEmbedding(noise_ch, cfg.embedding_type)
+        self.map_label = linear(cfg.num_classes, noise_ch) if cfg.num_classes else None
+        self.map_layer0, self.map_layer1 = linear(noise_ch, emb_ch), linear(emb_ch, emb_ch)
+
+        def block(cin, cout, **kw):
+            return ResBlock(cin, cout, emb_ch, cfg, **kw)
+
+        # Encoder: every output is kept as a skip for the decoder.
+        self.enc_conv = conv(cfg.in_channels, mc, 3)
+        self.enc, skips, c = nn.ModuleList(), [mc], mc
+        for level, mult in enumerate(cfg.channel_mult):
+            res = cfg.img_resolution >> level
+            if level > 0:
+                self.enc.append(block(c, c, resample="down"))
+                skips.append(c)
+            for _ in range(cfg.num_blocks):
+                self.enc.append(block(c, mc * mult, attention=res in cfg.attn_resolutions))
+                c = mc * mult
+                skips.append(c)
+
+        # Decoder: blocks with cat_skip=True take the next encoder output, concatenated on channels.
+        self.dec = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            res = cfg.img_resolution >> level
+            if level == len(cfg.channel_mult) - 1:
+                self.dec.extend([block(c, c, attention=True), block(c, c)])
+            else:
+                self.dec.append(block(c, c, resample="up"))
+            for i in range(cfg.num_blocks + 1):
+                attn = i == cfg.num_blocks and res in cfg.attn_resolutions
+                self.dec.append(block(c + skips.pop(), mc * mult, attention=attn, cat_skip=True))
+                c = mc * mult
+        self.out_norm, self.out_conv = group_norm(c), conv(c, cfg.out_channels, 3, 1e-5)
+
+    def embed(self, c_noise: Tensor, class_labels: Tensor | None, batch: int) -> Tensor:
+        """The embedding vector emb of shape (B, model_channels * channel_mult_emb)."""
+        cfg = self.config
+        c_noise = torch.as_tensor(c_noise, device=self.map_layer0.weight.device).reshape(-1).expand(batch)
+        emb = self.map_noise(c_noise).to(self.map_layer0.weight.dtype)   # fp32 unless the net was cast
+        if cfg.num_classes and class_labels is None:
+            raise ValueError(f"this UNet is class-conditional (num_classes={cfg.num_classes}): "
+                             "pass class_labels (int of shape (B,) or one-hot of shape (B, num_classes))")
+        if not cfg.num_classes and class_labels is not None:
+            raise ValueError("this UNet is unconditional (num_classes=0) but class_labels were given")
+        if class_labels is not None:
+            y = class_labels
+            if not y.is_floating_point():   # one-hot without a host sync (out-of-range labels give zeros)
+                y = (y.reshape(-1, 1) == torch.arange(cfg.num_classes, device=y.device)).to(emb.dtype)
+            if y.shape != (batch, cfg.num_classes):
+                raise ValueError(f"class_labels must have shape ({batch},) or ({batch}, {cfg.num_classes}); "
+                                 f"got {tuple(class_labels.shape)}")
+            y = y.to(emb.dtype)
+            if self.training and cfg.label_dropout:
+                y = y * (torch.rand(batch, 1, device=y.device) >= cfg.label_dropout).to(y.dtype)
+            emb = emb + self.map_label(y * math.sqrt(cfg.num_classes))
+        return F.silu(self.map_layer1(F.silu(self.map_layer0(emb))))
+
+    def forward(self, x: Tensor, c_noise: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            raise ValueError(f"UNet expects x of shape (B, {cfg.in_channels}, H, W); got {tuple(x.shape)}")
+        check_resolution(cfg, x.shape[2], x.shape[3])
+        emb = self.embed(c_noise, class_labels, x.shape[0])
+        h = self.enc_conv(x)
+        skips = [h]
+        for blk in self.enc:
+            h = blk(h, emb)
+            skips.append(h)
+        for blk in self.dec:
+            if blk.cat_skip:
+                h = torch.cat([h, skips.pop()], dim=1)
+            h = blk(h, emb)
+        return self.out_conv(F.silu(self.out_norm(h)))
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in asdict(self.config).items())

@@ -1,0 +1,161 @@
+"""The EDM / DDPM++ U-Net (cmlite.image.unet): shapes, parameter counts, conditioning, precision,
+memory format, dropout, gradients, and the fit with the consistency-model wrappers."""
+import pytest
+import torch
+
+from cmlite.image.unet import UNET_PRESETS, UNet, UNetConfig, count_parameters, unet_config
+from cmlite.parameterization import ConsistencyModel, EDMDenoiser
+
+EDM_DDPMPP_CIFAR10_PARAMS = 55.73e6   # EDM (Karras et al. 2022), DDPM++ on CIFAR-10
+
+
+def tiny(**kw) -> UNet:
+    torch.manual_seed(0)
+    return UNet(unet_config("tiny", **kw))
+
+
+def perturbed(net: UNet, scale: float = 0.02) -> UNet:
+    """Add noise to every parameter, so that the near-zero-initialised convs act like trained ones."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return net
+
+
+def build_on_meta(name: str, **kw) -> UNet:
+    with torch.device("meta"):
+        return UNet(unet_config(name, **kw))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_output_shape_at_several_resolutions(channels):
+    net = tiny(in_channels=channels).eval()
+    for res in (8, 16, 28):
+        x = torch.randn(2, channels, res, res)
+        out = net(x, torch.randn(2))
+        assert out.shape == x.shape and torch.isfinite(out).all()
+    x = torch.randn(3, channels, 8, 12)                      # non-square; scalar c_noise broadcasts
+    assert net(x, torch.tensor(0.3)).shape == x.shape
+
+
+def test_fresh_net_output_is_near_zero_but_not_zero():
+    out = tiny().eval()(torch.randn(2, 3, 16, 16), torch.zeros(2))
+    assert 0 < out.abs().max() < 1e-2          # output conv starts at 1e-5 x xavier (EDM): F ~ 0
+
+
+def test_preset_parameter_counts():
+    assert count_parameters(tiny()) < 1_000_000
+    n = count_parameters(build_on_meta("cifar10"))
+    assert abs(n - EDM_DDPMPP_CIFAR10_PARAMS) / EDM_DDPMPP_CIFAR10_PARAMS < 1e-3
+    assert n == 55_732_739                      # the count of EDM's own SongUNet with this config
+    assert count_parameters(build_on_meta("cifar10", num_classes=10)) == n + 10 * 128 + 128
+    assert 1e6 < count_parameters(build_on_meta("mnist")) < 10e6
+    assert 10e6 < count_parameters(build_on_meta("cifar10-small")) < 15e6
+
+
+def test_presets_and_overrides():
+    cfg = unet_config("cifar10")
+    assert (cfg.img_resolution, cfg.in_channels, cfg.out_channels, cfg.model_channels, cfg.channel_mult,
+            cfg.num_blocks, cfg.attn_resolutions, cfg.dropout) == (32, 3, 3, 128, (2, 2, 2), 4, (16,), 0.13)
+    assert unet_config("mnist", num_classes=10).num_classes == 10
+    assert set(UNET_PRESETS) == {"tiny", "mnist", "cifar10", "cifar10-small"}
+    with pytest.raises(ValueError, match="unknown UNet preset"):
+        unet_config("imagenet")
+
+
+def test_mnist_resolution_28_14_7():
+    net = UNet(unet_config("mnist", model_channels=16, num_blocks=1)).eval()
+    x = torch.randn(2, 1, 28, 28)
+    assert net(x, torch.zeros(2)).shape == x.shape
+
+
+def test_bad_resolution_raises_clearly():
+    net = tiny()
+    with pytest.raises(ValueError, match=r"multiples of 2; got 15x15"):
+        net(torch.randn(1, 3, 15, 15), torch.zeros(1))
+    with pytest.raises(ValueError, match=r"channel_mult=\(1, 2, 2\).*multiples of 4; got 30x30"):
+        UNetConfig(img_resolution=30, in_channels=1, channel_mult=(1, 2, 2))
+    with pytest.raises(ValueError, match="shape"):
+        net(torch.randn(1, 1, 16, 16), torch.zeros(1))          # wrong channel count
+
+
+def test_class_conditioning():
+    net = perturbed(tiny(num_classes=10)).eval()
+    x, c = torch.randn(4, 3, 16, 16), torch.randn(4)
+    y = torch.tensor([0, 1, 2, 3])
+    out = net(x, c, class_labels=y)
+    other = net(x, c, class_labels=(y + 5) % 10)
+    assert ((out - other).abs().amax(dim=(1, 2, 3)) > 1e-4).all()
+    one_hot = torch.nn.functional.one_hot(y, 10).float()
+    torch.testing.assert_close(net(x, c, class_labels=one_hot), out)
+    with pytest.raises(ValueError, match="class-conditional"):
+        net(x, c)
+    with pytest.raises(ValueError, match="unconditional"):
+        tiny()(x, c, class_labels=y)
+    with pytest.raises(ValueError, match="class_labels must have shape"):
+        net(x, c, class_labels=y[:2])
+
+
+def test_label_dropout_one_ignores_labels_in_training():
+    net = perturbed(tiny(num_classes=10, label_dropout=1.0)).train()
+    x, c = torch.randn(2, 3, 8, 8), torch.randn(2)
+    torch.testing.assert_close(net(x, c, class_labels=torch.tensor([0, 1])),
+                               net(x, c, class_labels=torch.tensor([7, 9])))
+
+
+def test_plugs_into_consistency_model_and_denoiser():
+    net = perturbed(tiny(in_channels=1))
+    x = torch.randn(3, 1, 16, 16)
+    f = ConsistencyModel(net)
+    assert f(x, torch.tensor([0.5, 2.0, 80.0])).shape == x.shape
+    torch.testing.assert_close(f(x, f.eps), x)                  # boundary condition f(x, eps) = x
+    assert EDMDenoiser(net)(x, 1.0).shape == x.shape
+    cond = perturbed(tiny(in_channels=1, num_classes=10))
+    y = torch.tensor([1, 2, 3])
+    out = ConsistencyModel(cond)(x, 1.0, class_labels=y)
+    assert not torch.allclose(out, ConsistencyModel(cond)(x, 1.0, class_labels=y + 1))
+
+
+def test_bf16_autocast_matches_fp32():
+    net = perturbed(tiny(num_classes=10)).eval()
+    x, c, y = torch.randn(4, 3, 16, 16), torch.randn(4), torch.arange(4)
+    ref = net(x, c, class_labels=y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x, c, class_labels=y)
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 3e-2
+
+
+def test_channels_last_matches_contiguous():
+    net = perturbed(tiny()).eval()
+    x, c = torch.randn(2, 3, 16, 16), torch.randn(2)
+    ref = net(x, c)
+    torch.testing.assert_close(net(x.to(memory_format=torch.channels_last), c), ref, atol=1e-5, rtol=1e-4)
+    net = net.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(net(x.to(memory_format=torch.channels_last), c), ref, atol=1e-5, rtol=1e-4)
+
+
+def test_dropout_eval_deterministic_train_random():
+    net = perturbed(tiny(dropout=0.2))
+    x, c = torch.randn(2, 3, 8, 8), torch.randn(2)
+    net.eval()
+    assert torch.equal(net(x, c), net(x, c))
+    net.train()
+    assert not torch.allclose(net(x, c), net(x, c))
+
+
+def test_every_parameter_gets_a_gradient():
+    for net, y in ((tiny(dropout=0.1), None), (tiny(num_classes=10), torch.tensor([3, 4]))):
+        net.train()
+        net(torch.randn(2, 3, 16, 16), torch.randn(2), class_labels=y).square().sum().backward()
+        missing = [n for n, p in net.named_parameters() if p.grad is None]
+        assert not missing, f"no gradient for {missing}"
+        assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+        assert net.out_conv.weight.grad.abs().sum() > 0
+
+
+def test_compiles_without_graph_breaks():
+    net = perturbed(tiny(num_classes=10)).eval()
+    x, c, y = torch.randn(2, 3, 8, 8), torch.randn(2), torch.tensor([1, 2])
+    compiled = torch.compile(net, backend="eager", fullgraph=True)   # traces with dynamo, no codegen
+    torch.testing.assert_close(compiled(x, c, class_labels=y), net(x, c, class_labels=y))
