@@ -340,8 +340,10 @@ class GPUBatches:
     the *global* batch of ``batch_size * world_size`` indices (and flips); rank r keeps the r-th slice of
     size ``batch_size``. So the ranks' batches concatenated in rank order equal the batch of a single
     process with batch ``batch_size * world_size`` and the same seed (on the same kind of device).
-    ``state_dict()`` / ``load_state_dict()`` resume the exact stream.
+    ``state_dict()`` / ``load_state_dict()`` resume the exact stream. A *batch source* for
+    :class:`~cmlite.training.Trainer` (labels go to the model as ``class_labels``).
     """
+    is_batch_source = True
 
     def __init__(self, data: ImageData, batch_size: int, device="cpu", *, flip: bool = False,
                  channels_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1):

@@ -1,0 +1,146 @@
+"""Image training on a CPU at tiny size: recipes through the core Trainer, exact resume, NaN handling,
+refused checkpoints, class labels, and the train / sample / eval commands."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from cmlite.image.data import GPUBatches, ImageData, synthetic_dataset
+from cmlite.image.recipes import RECIPES, build, build_net, get_recipe
+from cmlite.image.run import load_run, sample_images, train
+from cmlite.training import NotACheckpointError, Trainer, load_checkpoint
+
+
+def _trainer(recipe_name="tiny-ict", steps=6, **over):
+    r = get_recipe(recipe_name).with_overrides([f"train.{k}={v!r}" for k, v in over.items()])
+    r.train.steps = steps
+    data = synthetic_dataset(64, channels=1, resolution=16, num_classes=4, seed=0)
+    data = ImageData(data.images, None, 0, "synthetic")  # unconditional: no labels to the model
+    torch.manual_seed(0)
+    net = build_net(r, 1, 16)
+    model, loss, schedule = build(r, net, steps=steps)
+    src = GPUBatches(data, r.train.batch_size, "cpu", flip=True, seed=0)
+    return Trainer(model, loss, src, r.train, schedule, meta={"recipe": r.name})
+
+
+def test_every_recipe_builds_and_names_its_method():
+    for name, r in RECIPES.items():
+        assert r.method in name and r.dataset
+    with pytest.raises(ValueError, match="unknown recipe"):
+        get_recipe("mnist-nope")
+    with pytest.raises(ValueError, match="unknown recipe field"):
+        get_recipe("tiny-ct").with_overrides(["train.nope=1"])
+    assert get_recipe("tiny-ct").with_overrides(["train.lr=0.5", "N=7"]).train.lr == 0.5
+
+
+def test_resume_k_plus_k_equals_2k_bitwise(tmp_path):
+    # dropout, flips, lognormal indices and the iCT curriculum all draw random numbers: all must resume exactly
+    full = _trainer(steps=8)
+    full.fit(progress=False)
+    half = _trainer(steps=8)
+    for _ in half.steps(4):
+        pass
+    half.save(tmp_path / "c.pt")
+    resumed = _trainer(steps=8)
+    resumed.load(tmp_path / "c.pt")
+    resumed.fit(progress=False)
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(full.ema.state_dict().values(), resumed.ema.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_nan_loss_names_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    tr = _trainer(steps=20, log_every=5)
+    tr.fit(steps=5, progress=False, checkpoint=tmp_path / "c.pt")
+    before = (tmp_path / "c.pt").read_bytes()
+    with torch.no_grad():  # poison the network: every later loss is NaN
+        next(tr.model.parameters()).fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="at step 5"):
+        tr.fit(progress=False, checkpoint=tmp_path / "c.pt")
+    assert (tmp_path / "c.pt").read_bytes() == before
+
+
+def test_checkpoint_from_another_recipe_or_shape_is_refused(tmp_path):
+    tr = _trainer("tiny-ict", steps=2)
+    tr.fit(progress=False)
+    tr.save(tmp_path / "c.pt")
+    other = _trainer("tiny-ct", steps=2)
+    with pytest.raises(ValueError, match="meta.recipe"):
+        other.load(tmp_path / "c.pt")
+    wide = _trainer("tiny-ict", steps=2)
+    wide.meta = {}
+    sd = load_checkpoint(tmp_path / "c.pt")
+    sd["model"] = {k: torch.zeros(3) for k in sd["model"]}
+    with pytest.raises(ValueError, match="do not fit"):
+        wide.load_state_dict(sd)
+
+
+def test_non_checkpoint_files_get_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(NotACheckpointError, match="not a readable cmlite checkpoint") as e:
+        load_checkpoint(bad)
+    assert "weights_only=False" not in str(e.value)
+    torch.save({"hello": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(NotACheckpointError):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_resume_with_a_different_config_is_refused_naming_the_field(tmp_path):
+    tr = _trainer(steps=2)
+    tr.fit(progress=False)
+    tr.save(tmp_path / "c.pt")
+    other = _trainer(steps=2, lr=0.123)
+    with pytest.raises(ValueError, match="lr: checkpoint"):
+        other.load(tmp_path / "c.pt")
+    other.load(tmp_path / "c.pt", strict_config=False)  # the explicit override
+
+
+def test_class_conditional_training_and_sampling(tmp_path):
+    r = get_recipe("tiny-teacher").with_overrides(["conditional=True"])
+    summary = train(r, tmp_path / "run", steps=3, progress=False)
+    assert summary["num_classes"] == 4
+    model, info = load_run(tmp_path / "run")
+    assert model.net.config.num_classes == 4
+    imgs = sample_images(model, info, 8, steps=2, class_labels=torch.arange(8) % 4)
+    assert imgs.shape == (8, 1, 16, 16) and imgs.dtype == torch.uint8
+
+
+def test_train_refuses_existing_run_and_cd_without_teacher(tmp_path):
+    train(get_recipe("tiny-ct"), tmp_path / "run", steps=2, progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(get_recipe("tiny-ct"), tmp_path / "run", steps=2, progress=False)
+    with pytest.raises(ValueError, match="--teacher"):
+        train(get_recipe("tiny-cd"), tmp_path / "cd", steps=2, progress=False)
+    with pytest.raises(ValueError, match="belongs to recipe"):
+        train(get_recipe("tiny-ict"), tmp_path / "run", steps=2, progress=False, resume=True)
+
+
+def _cli(*args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "cmlite", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p.stdout
+
+
+@pytest.mark.slow
+def test_cli_train_resume_sample_eval(tmp_path):
+    _cli("train", "tiny-teacher", "--out", "runs/t", "--steps", "30", "--quiet", cwd=tmp_path)
+    _cli("train", "tiny-cd", "--out", "runs/cd", "--teacher", "runs/t", "--steps", "4", "--quiet", cwd=tmp_path)
+    _cli("train", "tiny-cd", "--out", "runs/cd", "--teacher", "runs/t", "--steps", "8", "--resume", "--quiet",
+         cwd=tmp_path)
+    info = json.loads((tmp_path / "runs/cd/recipe.json").read_text())
+    assert info["steps"] == 8 and (tmp_path / "runs/cd/ema.safetensors").is_file()
+    out = _cli("sample", "runs/cd", "--n", "12", "--steps", "2", "--out", "s.npz", cwd=tmp_path)
+    assert "12 samples" in out
+    imgs = np.load(tmp_path / "s.npz")["images"]
+    assert imgs.shape == (12, 1, 16, 16) and imgs.dtype == np.uint8 and (tmp_path / "s.png").is_file()
+    res = json.loads(_cli("eval", "runs/cd", "--n", "48", "--inception", "no", "--json", cwd=tmp_path))
+    assert [r["nfe"] for r in res["rows"]] == [1, 2]
+    assert all(r["fid_classifier"] > 0 and r["floor_classifier"] >= 0 for r in res["rows"])
