@@ -34,11 +34,12 @@ import numpy as np
 import torch
 
 import cmlite
+from cmlite.threads import set_small_model_threads
 from cmlite import karras_boundaries, ode_sample, reference_solve, ring_mixture, solve
 from cmlite.metrics import data_floor, sliced_wasserstein
 
 FAST = os.environ.get("CMLITE_FAST") == "1"
-torch.set_num_threads(1)  # 2D toys: tensors are tiny, and extra threads cost more than they give
+set_small_model_threads()  # one torch thread for tiny tensors (CMLITE_THREADS overrides; see cmlite.threads)
 torch.manual_seed(0)
 np.random.seed(0)
 EPS, T = cmlite.EPS, cmlite.T_MAX

@@ -31,11 +31,12 @@ import numpy as np
 import torch
 
 import cmlite
+from cmlite.threads import set_small_model_threads
 from cmlite import (ConsistencyModel, EDMDenoiser, Gaussian, MLP, get_scalings, karras_boundaries,
                     reference_solve, ring_mixture, solve)
 
 FAST = os.environ.get("CMLITE_FAST") == "1"
-torch.set_num_threads(1)  # 2D toys: tensors are tiny, and extra threads cost more than they give
+set_small_model_threads()  # one torch thread for tiny tensors (CMLITE_THREADS overrides; see cmlite.threads)
 torch.manual_seed(0)
 np.random.seed(0)
 EPS, T, SIGMA_DATA = cmlite.EPS, cmlite.T_MAX, cmlite.SIGMA_DATA

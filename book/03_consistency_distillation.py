@@ -31,13 +31,14 @@ import numpy as np
 import torch
 
 import cmlite
+from cmlite.threads import set_small_model_threads
 from cmlite import (ConsistencyDistillationLoss, ConsistencyModel, DenoisingScoreMatchingLoss, EDMDenoiser,
                     FixedSchedule, MLP, Trainer, TrainConfig, karras_boundaries, ode_sample,
                     reference_solve, ring_mixture, sample, solve, ternary_search_times, toy_2d)
 from cmlite.metrics import consistency_error, data_floor, sliced_wasserstein
 
 FAST = os.environ.get("CMLITE_FAST") == "1"
-torch.set_num_threads(1)  # 2D toys: tensors are tiny, and extra threads cost more than they give
+set_small_model_threads()  # one torch thread for tiny tensors (CMLITE_THREADS overrides; see cmlite.threads)
 torch.manual_seed(0)
 np.random.seed(0)
 EPS, T = cmlite.EPS, cmlite.T_MAX
@@ -70,6 +71,28 @@ print(f"fast mode: {FAST};  CD steps {STEPS}, teacher steps {TEACHER_STEPS}, {N_
 # In cmlite: `ConsistencyDistillationLoss(teacher, solver="heun")` is steps 1–3 (the target term is
 # computed under `torch.no_grad`), `FixedSchedule(N, mu)` supplies $N$ and $\mu$, and `Trainer` runs the
 # loop and keeps the target $\theta^-$ and an evaluation EMA of $\theta$ (the weights we sample with).
+#
+# ### The other choices: the distance $d$ and the weighting $\lambda(t)$
+#
+# **Why LPIPS.** The paper's best CD models use LPIPS (Zhang et al. 2018) as $d$: the distance between the
+# activations of a pre-trained VGG network on the two images, rather than between their pixels. Squared
+# $L_2$ in pixel space treats every pixel error alike and, when the target is uncertain, rewards the
+# blurry average; LPIPS measures differences of structure much as people (and FID's Inception features)
+# do, and gave clearly better FIDs for images. Its costs: pre-trained ImageNet weights (not downloadable
+# here), a second network in every loss evaluation, and a bias that improved CT (Chapter 5) cites for dropping it,
+# since a loss and an evaluation metric that both rest on ImageNet features reward each other.
+# iCT's pseudo-Huber distance does without it. For 2D points there are no features to compare, so this
+# book uses $L_2$ and pseudo-Huber; `ConsistencyDistillationLoss(..., distance=my_lpips)` takes any callable
+# $d(a, b)$ returning one value per sample, an LPIPS module included.
+#
+# **The weighting $\lambda(t_n)$.** The per-pair loss lives on very different scales across the grid: near
+# $\epsilon$ both outputs are almost the input and differ by little, near $T$ they can differ a lot. $\lambda$
+# decides which pairs dominate the gradient. `cmlite.lambda_weight` offers `uniform` ($\lambda = 1$, what
+# every published CD/CT recipe uses), `snr` ($t_n^{-2}$), `snr+1`, `karras` ($t_n^{-2} + \sigma_{\rm data}^{-2}$,
+# EDM's denoising weight), `truncated_snr` ($\max(t_n^{-2}, 1)$) and `ict` ($1/(t_{n+1} - t_n)$, improved CT).
+# The SNR-type weights shift the effort to small $t$, where errors are most visible in the final sample;
+# iCT's weight also keeps the loss from shrinking as the grid is refined. Pick it with
+# `ConsistencyDistillationLoss(..., weighting="snr")`; in Chapter 5 it decides whether iCT works at all.
 #
 # ## 2. Distilling the exact teacher
 #
@@ -240,9 +263,9 @@ print(f"mean distance to the exact consistency function, averaged over the {len(
 # The target $f_{\theta^-}(\hat x_{t_n}, t_n)$ is a regression label, not a second prediction. Two
 # mechanisms keep it that way:
 #
-# * **stop-gradient**: no gradient flows through the target term. Without it, the loss could also be
-#   lowered by moving the *label* towards the prediction (for instance by collapsing both sides), and
-#   the update would no longer be a regression onto the teacher-linked neighbour.
+# * **stop-gradient**: no gradient flows through the target term, so each step is a regression of
+#   $f_\theta(x_{t_{n+1}}, t_{n+1})$ onto a fixed label. Without it, the loss can also be lowered by moving
+#   the *label* towards the prediction. Whether that hurts depends on the target, as the ablation shows.
 # * **EMA target** $\theta^- \leftarrow \mu\theta^- + (1-\mu)\theta$: with $\mu = 0$ the label comes from the
 #   current weights (the paper's CIFAR-10 recipe); with $\mu$ close to 1 it moves slowly, which damps
 #   the feedback loop of a network chasing its own output (the paper's ImageNet and LSUN recipe uses $\mu = 0.95$).
@@ -270,19 +293,46 @@ axes[1].set_xlabel("training step"); axes[1].set_ylabel("one-step sliced W2 to d
 axes[0].set_title("loss: its level depends on mu"); axes[1].set_title("one-step quality of the EMA model")
 fig.tight_layout()
 plt.show()
+final_sw = {}
 for label, (tr, cv) in runs.items():
     last = [v for _, v in cv[-3:]]
+    final_sw[label] = one_step_sw(tr.ema, data_test)
     print(f"{label:>26}: one-step sliced W2 over the last three measurements (steps {cv[-3][0]}-{cv[-1][0]}): "
           + ", ".join(f"{v:.4f}" for v in last)
-          + f";  test-set value at the end: {one_step_sw(tr.ema, data_test):.4f}")
+          + f";  test-set value at the end: {final_sw[label]:.4f}")
+print(f"\nwithout the stop-gradient (mu = 0): {final_sw['mu = 0, no stop-gradient']:.4f};  with it, mu = 0: "
+      f"{final_sw['mu = 0.0']:.4f}, mu = 0.95: {final_sw['mu = 0.95']:.4f};  data floor {floor['mean']:.4f}")
 
 # %% [markdown]
 # In the full-length run (without `CMLITE_FAST`), with this learning rate ($10^{-3}$, Adam, batch 256):
 # $\mu = 0$ stalls far above the data floor, with a loss that is larger and jumps around, a sign of
 # the network chasing its own moving output; $\mu = 0.99$ starts slowest (its target lags behind)
-# and is still catching up with $\mu = 0.95$ at the end. Without the stop-gradient the printed numbers
-# above show what happens when the label is free to move towards the prediction. The paper's $\mu = 0$ recipe for CIFAR-10 uses a smaller learning
-# rate ($4\times10^{-4}$, RAdam) and batch 512. In a short fast-mode run, read the printed numbers instead.
+# and is still catching up with $\mu = 0.95$ at the end. The paper's $\mu = 0$ recipe for CIFAR-10 uses a
+# smaller learning rate ($4\times10^{-4}$, RAdam) and batch 512.
+#
+# **The run without stop-gradient is the best one here** (our full-mode run: one-step sliced W2 0.0266
+# against 0.0300 for $\mu = 0.95$; in fast mode the gap is larger, 0.061 against 0.407, because it also
+# converges faster; the last printed line has this run's numbers). That contradicts the naive story "without
+# stop-gradient the loss collapses both sides", and the reason is this chapter's teacher:
+#
+# * **An exact, deterministic teacher.** $\hat x_{t_n}$ is a fixed function of $x_{t_{n+1}}$, so the loss
+#   $\mathbb E\,\|f_\theta(x_{t_{n+1}}, t_{n+1}) - f_\theta(\hat x_{t_n}, t_n)\|^2$ is an ordinary objective
+#   whose zeros are exactly the consistent functions of Theorem 1, and the boundary condition rules out
+#   collapse: at $n = 1$ the label is $f_\theta(\hat x_\epsilon, \epsilon) = \hat x_\epsilon$, which no weights can
+#   move. Plain gradient descent on that objective (gradients through both sides) then converges faster
+#   than the stop-gradient update, which can only pass the anchor at $\epsilon$ up the grid one interval
+#   at a time, through a label that itself lags behind.
+# * **When the stop-gradient matters: a random target.** If $\hat x_{t_n}$ is random given
+#   $x_{t_{n+1}}$ (consistency training's one-sample target $x + t_n z$, Chapter 5; a noisy learned
+#   teacher), the full gradient of the squared loss also descends on
+#   $\mathbb E\,\operatorname{Var}[f_\theta(\hat x_{t_n}, t_n) \mid x_{t_{n+1}}]$, a term that shrinks when $f_\theta$
+#   stops depending on its input: a pull towards flat, collapsed outputs. With the stop-gradient the
+#   label is a regression target and its conditional *mean* is what is learned (the content of Theorem 2).
+#   Chapter 5 runs the same ablation for consistency training: without stop-gradient it collapses
+#   (every one-step sample ends up between the modes).
+# * Two practical reasons besides: with $\mu > 0$ the target is an EMA copy, not the network being trained,
+#   so there is nothing to differentiate; and backpropagating through the target doubles the backward
+#   cost (for images: a second U-Net and LPIPS pass). The paper always stops the gradient.
 #
 # ## 5. A learned teacher
 #
@@ -359,7 +409,9 @@ plt.show()
 #   little more; the $\tau$ sweep shows how much the choice matters.
 # * The EMA target matters: in the full run, $\mu = 0$ stalls far above the data floor while
 #   $\mu = 0.95$ and $0.99$ keep improving.
-#   The stop-gradient is on by default; `stop_gradient=False` exists only for the ablation above.
+#   The stop-gradient is on by default; `stop_gradient=False` exists only for the ablation above, where
+#   the exact, deterministic teacher makes the full gradient harmless (and even faster); with a random
+#   target (CT, Chapter 5) it collapses the model.
 # * With a learned teacher the recipe is the same; the student inherits the teacher's errors.
 #
 # **Next:** consistency *training* (CT) removes the teacher altogether.

@@ -41,12 +41,13 @@ import torch
 from matplotlib.ticker import NullFormatter
 
 import cmlite
+from cmlite.threads import set_small_model_threads
 from cmlite import ConsistencyDistillationLoss, karras_boundaries, solve
 from cmlite.theory import (end_points, fit_slope, get_toy, learned_cd_experiment, lipschitz_on_test_set,
                            local_error_order, theorem1_table, trajectories, zero_loss_consistency)
 
 FAST = os.environ.get("CMLITE_FAST") == "1"
-torch.set_num_threads(1)  # 2D toys: tensors are tiny, and extra threads cost more than they give
+set_small_model_threads()  # one torch thread for tiny tensors (CMLITE_THREADS overrides; see cmlite.threads)
 torch.manual_seed(0)
 np.random.seed(0)
 EPS, T = cmlite.EPS, cmlite.T_MAX

@@ -38,15 +38,16 @@ import numpy as np
 import torch
 
 import cmlite
-from cmlite import (ConsistencyModel, ConsistencyTrainingLoss, CTSchedule, ICTSchedule,
+from cmlite.threads import set_small_model_threads
+from cmlite import (ConsistencyModel, ConsistencyTrainingLoss, CTSchedule, FixedSchedule, ICTSchedule,
                     ImprovedConsistencyTrainingLoss, MLP, PseudoHuber, Trainer, TrainConfig, ct_mu, ct_N,
                     euler_step, ict_N, karras_boundaries, l2, lognormal_index_probs, ring_mixture, sample,
                     toy_2d)
-from cmlite.metrics import data_floor, log_likelihood, mmd, sliced_wasserstein
+from cmlite.metrics import data_floor, log_likelihood, mmd, off_mode_fraction, off_mode_fraction_expected, sliced_wasserstein
 from cmlite.theory import posterior_noise_quadrature, theorem2_table
 
 FAST = os.environ.get("CMLITE_FAST") == "1"
-torch.set_num_threads(1)  # 2D toys: tensors are tiny, and extra threads cost more than they give
+set_small_model_threads()  # one torch thread for tiny tensors (CMLITE_THREADS overrides; see cmlite.threads)
 torch.manual_seed(0)
 np.random.seed(0)
 EPS, T = cmlite.EPS, cmlite.T_MAX
@@ -103,14 +104,16 @@ x_np1 = torch.tensor([[0.95, 0.38]], dtype=torch.float64)      # a noisy point b
 tq_np1, tq_n = 0.6, 0.3
 zq, wq = posterior_noise_quadrature(gmm, x_np1, torch.tensor([tq_np1], dtype=torch.float64), nodes=5)
 zq, wq = zq[0], wq[0]
-zq, wq = zq[wq > 1e-3 * wq.max()], wq[wq > 1e-3 * wq.max()]   # drop nodes of negligible weight (for the plot)
-wq = wq / wq.sum()
+x_cd = euler_step(gmm, x_np1, tq_np1, tq_n)   # CD target: Euler step with the true denoiser
+# the mean over *all* quadrature nodes (Gauss-Hermite is exact for this first moment)
+mean_ct = (wq[:, None] * (x_np1 - tq_np1 * zq + tq_n * zq)).sum(0)
+print(f"weighted mean of the CT targets: ({mean_ct[0]:.6f}, {mean_ct[1]:.6f});  "
+      f"CD Euler target: ({x_cd[0, 0]:.6f}, {x_cd[0, 1]:.6f});  "
+      f"difference {float((mean_ct - x_cd[0]).norm()):.0e} (rounding: Tweedie's formula holds exactly)")
+keep = wq > 1e-3 * wq.max()                   # for the plot only: drop nodes of negligible weight
+zq, wq = zq[keep], wq[keep] / wq[keep].sum()
 x_clean = x_np1 - tq_np1 * zq                 # the data points x that go with each noise node
 x_ct = x_clean + tq_n * zq                    # CT targets x + t_n z
-x_cd = euler_step(gmm, x_np1, tq_np1, tq_n)   # CD target: Euler step with the true denoiser
-mean_ct = (wq[:, None] * x_ct).sum(0)
-print(f"weighted mean of the CT targets: ({mean_ct[0]:.6f}, {mean_ct[1]:.6f});  "
-      f"CD Euler target: ({x_cd[0, 0]:.6f}, {x_cd[0, 1]:.6f})  (equal: Tweedie)")
 
 fig, ax = plt.subplots(figsize=(5.5, 5.5))
 bg = gmm.sample(3000, generator=torch.Generator().manual_seed(1))
@@ -245,14 +248,19 @@ for k in (0, K_paper // 100, K_paper):
 #
 # ## 4. Improved consistency training
 #
-# iCT keeps Algorithm 3 and changes four things:
+# iCT keeps Algorithm 3 and changes five things:
 #
 # * **no EMA target**, $\mu = 0$ ($\theta^- = \operatorname{stopgrad}\theta$), with $N$ doubling as above;
 # * **which pairs are trained**: the index $n$ is drawn from a discretised lognormal over the boundaries,
 #   $p(n) \propto \operatorname{erf}\frac{\ln t_{n+1} - P_{\rm mean}}{\sqrt2 P_{\rm std}} - \operatorname{erf}\frac{\ln t_n - P_{\rm mean}}{\sqrt2 P_{\rm std}}$,
 #   $P_{\rm mean} = -1.1$, $P_{\rm std} = 2$ — the mass a lognormal puts on $[t_n, t_{n+1}]$ (`lognormal_index_probs`);
 # * **weighting** $\lambda(t_n) = 1/(t_{n+1} - t_n)$, so that the per-pair loss does not vanish as the grid is refined;
-# * **distance**: pseudo-Huber $d(a, b) = \sqrt{\|a - b\|^2 + c^2} - c$ with $c = 0.00054\sqrt{d}$ instead of squared $L_2$ or LPIPS.
+# * **distance**: pseudo-Huber $d(a, b) = \sqrt{\|a - b\|^2 + c^2} - c$ with $c = 0.00054\sqrt{d}$ instead of squared $L_2$ or LPIPS;
+# * **dropout** in the network during training (a sizeable rate in the U-Net; the iCT paper found it
+#   important on images, where the consistency target is a noisy, high-variance regression label and a
+#   large network overfits it). `MLP(..., dropout=p)` has it. In 2D it does not help: with our small MLP,
+#   dropout 0.1 raised the share of one-step samples between the modes from 9.5% to 39%
+#   (`bench/demo_ct_sweep.py`, configurations `ict` and `ict_dropout`), so the runs below use none.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -405,19 +413,24 @@ def evaluate(model, ref, density=None):
         row = {"x": xs, "sw2": sliced_wasserstein(xs, ref), "mmd": mmd(xs, ref)}
         if density is not None:
             row["loglik"] = log_likelihood(xs, density)[0]
+            row["off"] = off_mode_fraction(xs, density)   # share of samples > 3 std from every mode
         out[label] = row
     return out
 
 
 results = {name: evaluate(tr.ema, data_ref, gmm) for name, tr in trainers.items()}
-ll_data = log_likelihood(gmm.sample(N_EVAL, generator=torch.Generator().manual_seed(14)), gmm)[0]
-print(f"{'model':<18}{'steps':>8}{'sliced W2':>11}{'MMD^2':>11}{'mean log p':>12}")
-print(f"{'data (floor)':<18}{'':>8}{floor['mean']:>11.4f}{floor_mmd['mean']:>11.1e}{ll_data:>12.3f}")
+data_fresh = gmm.sample(N_EVAL, generator=torch.Generator().manual_seed(14))
+ll_data = log_likelihood(data_fresh, gmm)[0]
+print(f"{'model':<18}{'steps':>8}{'sliced W2':>11}{'MMD^2':>11}{'mean log p':>12}{'off-mode':>10}")
+print(f"{'data (floor)':<18}{'':>8}{floor['mean']:>11.4f}{floor_mmd['mean']:>11.1e}{ll_data:>12.3f}"
+      f"{100 * off_mode_fraction(data_fresh, gmm):>9.1f}%")
 for name, res in results.items():
     for label, row in res.items():
-        print(f"{name:<18}{label:>8}{row['sw2']:>11.4f}{row['mmd']:>11.1e}{row['loglik']:>12.3f}")
+        print(f"{name:<18}{label:>8}{row['sw2']:>11.4f}{row['mmd']:>11.1e}{row['loglik']:>12.3f}{100 * row['off']:>9.1f}%")
 print("(sliced W2 and MMD^2: lower is better, the floor is the best possible at this n; "
-      "mean log p_data of the samples: data scores the value in the first row, samples off the modes score far lower)")
+      "mean log p_data of the samples: data scores the value in the first row, samples off the modes score far lower;\n"
+      f" off-mode: share of samples further than 3 std from every mode, {100 * off_mode_fraction_expected(gmm):.1f}% "
+      "for data)")
 
 # %%
 def scatter_panels(results, ref, title, lim, fl):
@@ -460,6 +473,31 @@ for name, res in results.items():
           + "  (1.0x = as good as a fresh data set)")
 
 # %% [markdown]
+# ### The stop-gradient, once more: a random target
+#
+# Chapter 3 trained CD with the *exact* teacher with and without the stop-gradient, and the run without it
+# was the best: the target $\hat x_{t_n}$ was a fixed function of $x_{t_{n+1}}$. CT's target point
+# $x + t_n z$ is random given $x_{t_{n+1}}$ (the picture of Section 1), and then the full gradient of the
+# squared loss also shrinks $\mathbb E\,\operatorname{Var}[f_\theta(x + t_n z, t_n) \mid x_{t_{n+1}}]$, which it can do
+# by making $f_\theta$ ignore its input. The same ablation as in Chapter 3 ($\mu = 0$, $N = 18$, squared $L_2$,
+# same seed and budget), with and without the stop-gradient:
+
+# %%
+sg_runs = {sg: train(ConsistencyTrainingLoss(stop_gradient=sg), FixedSchedule(N=18, mu=0.0), gmm, lr=2e-3)
+           for sg in (True, False)}
+data_spread = float(data_ref.std(0).mean())
+for sg, tr in sg_runs.items():
+    xs = sample(tr.ema, (N_EVAL, 2), generator=torch.Generator().manual_seed(21))
+    print(f"CT, mu = 0, {'with   ' if sg else 'without'} stop-gradient: one-step sliced W2 {sliced_wasserstein(xs, data_ref):.3f}, "
+          f"std of the samples {float(xs.std(0).mean()):.3f} (data {data_spread:.3f}), "
+          f"off-mode {100 * off_mode_fraction(xs, gmm):.0f}%")
+
+# %% [markdown]
+# Without the stop-gradient CT collapses: the samples shrink to a small blob around the centre of the ring,
+# between all the modes (in our runs, fast and full mode alike, a sample std of about 0.2 against the
+# data's 0.7, and every sample off-mode). With a random target the stop-gradient is what makes the update a regression
+# onto the *conditional mean* of the target, the quantity Theorem 2 is about.
+#
 # ## 6. A data set without an analytic density: two moons
 #
 # `toy_2d("moons")` is two interleaved half-circles: thin curved manifolds, nothing a small Gaussian mixture
@@ -487,6 +525,32 @@ scatter_panels(moons_results, moons_ref, "two moons, no teacher", 1.5, moons_flo
 # within a small factor of the floor (the rest is mostly samples strung across the gap), while CT's stay
 # fuzzy. At one step the sliced W2 even prefers CT's blob to iCT's band: a distance between distributions
 # is a summary, not a judge of shape — look at the pictures too.
+#
+# ## 7. Where consistency training went next (no code here)
+#
+# * **Improved CT** (iCT, Song & Dhariwal 2023) is Section 4: the same discrete-time Algorithm 3 with a better
+#   curriculum, weighting, index distribution, distance and dropout. It brought one-step CT on CIFAR-10 from
+#   FID 8.70 to 2.83, without a teacher, and past CD (3.55).
+# * **Continuous time.** Letting $N \to \infty$, the difference between the outputs at neighbouring times
+#   becomes the time derivative of $f_\theta$ along the PF-ODE trajectory,
+#   $\frac{d}{dt} f_\theta(x_t, t) = \partial_t f_\theta + \partial_x f_\theta \cdot \frac{dx_t}{dt}$, and the
+#   training signal asks this derivative to vanish. The consistency-models paper already derives
+#   continuous-time CD and CT (with $\theta^- = \operatorname{stopgrad}\theta$, the gradient of the discrete loss
+#   multiplied by $N - 1$ converges). No discretisation error is left, but each step needs a Jacobian-vector
+#   product (forward-mode differentiation through the network) instead of a second forward pass, and
+#   training proved unstable at scale.
+# * **ECT** (Geng et al. 2024, "Consistency models made easy") starts from a pre-trained diffusion model, which
+#   is a consistency model for the largest possible gap (pairs $(t, r = 0)$: denoising), and shrinks the gap
+#   $t - r$ between the two times during training towards the continuous-time limit. Tuning that way
+#   reached a two-step CIFAR-10 FID of 2.73 in about one A100-hour (2.11 with a longer run).
+# * **sCM** (Lu & Song 2024, sCT / sCD) made continuous-time training stable: the TrigFlow formulation
+#   ($x_t = \cos t\, x_0 + \sin t\, z$, which unifies EDM and flow matching), normalised time derivatives,
+#   an adaptive weighting and network changes that keep the Jacobian-vector products well behaved. It
+#   scaled to 1.5 billion parameters on ImageNet 512; on CIFAR-10 sCT reaches a one-step FID of 2.97 and a
+#   two-step FID of 2.06.
+#
+# cmlite implements the discrete-time algorithms of the paper and iCT; the FIDs above are the papers' own
+# (the project's reference sheet, `method.md` §9), not reproduced here.
 #
 # ## Summary
 #

@@ -40,12 +40,13 @@ import numpy as np
 import torch
 
 import cmlite
+from cmlite.threads import set_small_model_threads
 from cmlite import EmpiricalDenoiser, GaussianMixture, karras_boundaries, reference_solve, ring_mixture, solve
 from cmlite.editing import (STROKE_TS, Inpaint, KeepCoordinates, SuperResolve, box_mask, colorize, denoise,
                             edit, inpaint, interpolate, luminance, stroke_guided, super_resolve, upsample_repeat)
 
 FAST = os.environ.get("CMLITE_FAST") == "1"
-torch.set_num_threads(1)  # small tensors: extra threads cost more than they give
+set_small_model_threads()  # one torch thread for tiny tensors (CMLITE_THREADS overrides; see cmlite.threads)
 torch.manual_seed(0)
 np.random.seed(0)
 EPS, T = cmlite.EPS, cmlite.T_MAX
