@@ -3,6 +3,8 @@
     cmlite train RECIPE [--out DIR] [--minutes M | --steps K] [--resume] [--teacher RUN] [--set key=value ...]
     cmlite sample RUN [--n 64] [--steps 1 | --ts 80 0.585] [--out FILE.npz]
     cmlite eval RUN [--n 10000] [--inception auto|yes|no]
+    cmlite edit RUN TASK --input X.npz|IMG.png ... [--out OUT.npz] [--mask box|half|free] [--factor 2|4]
+                [--sigma S] [--ts ...] [--teacher RUN --baseline-N 18]
 
 Recipes are dataclass configs (:mod:`cmlite.image.recipes`); ``--set`` changes any field of one.
 Multi-GPU: the same train command under ``torchrun --nproc-per-node G -m cmlite train ...``.
@@ -53,6 +55,40 @@ def add_image_commands(sub) -> None:
     e.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    from .edit import MASKS, TASKS
+    d = sub.add_parser("edit", help="zero-shot editing with a consistency model (Algorithm 4): inpaint, colorize, "
+                                    "superres, stroke, denoise, interpolate",
+                       description="Edit images with a trained consistency model (Algorithm 4). By default the input "
+                                   "images are clean and are degraded here (masked, made grey, downsampled, painted "
+                                   "or noised); the grid PNG beside --out shows input, observed, result(s), original.")
+    d.add_argument("run", help="a consistency-model run folder made by `cmlite train`")
+    d.add_argument("task", choices=TASKS, help="the editing task")
+    d.add_argument("--input", nargs="+", metavar="FILE",
+                   help="an .npz with `images` uint8 (n, C, H, W) as `cmlite sample` writes, or image files "
+                        "(PNG/JPEG, one image each); not needed for interpolate")
+    d.add_argument("--out", help="output .npz (default: RUN/edit-TASK.npz); the grid goes beside it as .png")
+    d.add_argument("--mask", choices=MASKS, default="box",
+                   help="inpainting mask, 1 = generate: a centred box, a half (half = half-bottom) or free-form "
+                        "brush strokes (default: %(default)s)")
+    d.add_argument("--mask-seed", type=int, default=0, help="seed of the free-form mask (image i: seed + i)")
+    d.add_argument("--factor", type=int, choices=(2, 4), default=2, help="super-resolution factor (default: %(default)s)")
+    d.add_argument("--sigma", type=float, default=0.5, help="denoise: noise level in [-1, 1] units (default: %(default)s)")
+    d.add_argument("--levels", type=int, default=4, help="stroke: colour levels of the painting (default: %(default)s)")
+    d.add_argument("--observed", action="store_true",
+                   help="the input already is the observation: noisy images (denoise, at --sigma), paintings "
+                        "(stroke). Grey images (colorize) and small images (superres) are recognised by shape")
+    d.add_argument("--ts", type=float, nargs="+", help="Algorithm 4's decreasing times (default: 8 Karras-spaced "
+                                                       "times from 80 to 0.1; stroke: 5.38 2.24)")
+    d.add_argument("--steps", type=int, help="use this many Karras-spaced times from 80 to 0.1 instead of --ts")
+    d.add_argument("--n", type=int, help="edit only the first n images (interpolate: number of pairs, default 4)")
+    d.add_argument("--alphas", type=int, default=9, help="interpolate: points between the two noises (default: %(default)s)")
+    d.add_argument("--teacher", help="a teacher run: also edit with the teacher's PF ODE in place of f_theta (baseline)")
+    d.add_argument("--baseline-N", type=int, default=18, dest="baseline_N",
+                   help="Karras grid points of each teacher ODE solve, 2(N - 1) evaluations per call (default: %(default)s)")
+    d.add_argument("--seed", type=int, default=0, help="random seed of the noise (default: %(default)s)")
+    d.add_argument("--batch", type=int, default=1000, help="images per network batch (default: %(default)s)")
+    d.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+
 
 def _train(args) -> int:
     from .recipes import get_recipe
@@ -93,7 +129,124 @@ def _eval(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "sample": _sample, "eval": _eval}
+def _read_images(paths: list[str]):
+    """uint8 (n, C, H, W) from one .npz (key `images`) or image files (one image each)."""
+    import numpy as np
+    import torch
+    if len(paths) == 1 and paths[0].endswith(".npz"):
+        with np.load(paths[0]) as z:
+            if "images" not in z:
+                raise ValueError(f"{paths[0]} has no `images` array (keys: {', '.join(z.files)}); write uint8 "
+                                 "images (n, C, H, W) under that name, as `cmlite sample` does")
+            a = z["images"]
+        if a.dtype != np.uint8 or a.ndim not in (3, 4):
+            raise ValueError(f"{paths[0]}: `images` must be uint8 (n, C, H, W) or (n, H, W); got {a.dtype} {a.shape}")
+        return torch.from_numpy(np.ascontiguousarray(a[:, None] if a.ndim == 3 else a))
+    from PIL import Image
+    imgs = []
+    for p in paths:
+        if p.endswith(".npz"):
+            raise ValueError("give one .npz, or image files, not both")
+        with Image.open(p) as im:
+            a = np.asarray(im.convert("L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"))
+        imgs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+    if len({a.shape for a in imgs}) > 1:
+        raise ValueError(f"the input images have different shapes: {sorted({a.shape for a in imgs})}")
+    return torch.from_numpy(np.stack(imgs))
+
+
+def _edit(args) -> int:
+    try:
+        return _edit_run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"cmlite edit: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _edit_run(args) -> int:
+    import torch
+    from . import edit as E
+    from .data import make_grid, save_npz, save_png, to_uint8
+    from .run import load_run
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.task != "interpolate" and not args.input:
+        raise ValueError(f"{args.task} needs --input (an .npz of uint8 images or image files)")
+    if args.ts and args.steps:
+        raise ValueError("give --ts or --steps, not both")
+    out = Path(args.out or Path(args.run) / f"edit-{args.task}.npz")
+    if out.suffix != ".npz":
+        raise ValueError(f"--out must be an .npz file; got {out}")
+    model, info = load_run(args.run, device)
+    if info["recipe"]["method"] == "teacher":
+        raise ValueError(f"{args.run} is a teacher (diffusion) run: edit with a consistency model run (cd, ct, ict), "
+                         "and pass the teacher as --teacher for the ODE baseline")
+    shape = tuple(info["shape"])
+    teacher = None
+    if args.teacher:
+        teacher, tinfo = load_run(args.teacher, device)
+        if tinfo["recipe"]["method"] != "teacher":
+            raise ValueError(f"--teacher {args.teacher} is a {tinfo['recipe']['method']!r} run, not a teacher")
+        if tuple(tinfo["shape"]) != shape:
+            raise ValueError(f"the teacher makes {tinfo['shape']} images, the model {list(shape)}")
+    ts = args.ts or (E.edit_times(args.steps) if args.steps else None)
+    K = info.get("num_classes", 0)
+    if args.task == "interpolate":
+        n = args.n or 4
+        z = E.interpolation_noise(n, shape, seed=args.seed, device=device)
+        alphas = torch.linspace(0, 1, args.alphas)
+        labels = None if not K else torch.arange(n, device=device) % K
+        f = E.ModelFn(model, None if labels is None else labels.repeat(args.alphas), batch_size=args.batch)
+        res = E.edit(f, "interpolate", z, alphas=alphas)              # (alphas, n, C, H, W)
+        images = to_uint8(res.transpose(0, 1).reshape(-1, *shape)).cpu()
+        save_npz(out, images, task="interpolate", alphas=alphas, nfe=1, seed=args.seed)
+        save_png(out.with_suffix(".png"), make_grid(images, nrow=args.alphas))
+        print(f"interpolate: {n} pairs x {args.alphas} points {shape} (1 network evaluation each) -> {out} "
+              f"(grid: {out.with_suffix('.png')})")
+        return 0
+    images = _read_images(args.input)
+    if args.n:
+        images = images[:args.n]
+    p = E.problem_from_input(args.task, images, shape, observed=args.observed, mask=args.mask,
+                             factor=args.factor, sigma=args.sigma, levels=args.levels, seed=args.mask_seed)
+    p.y = p.y.to(device)
+    if isinstance(p.kwargs.get("mask"), torch.Tensor):
+        p.kwargs["mask"] = p.kwargs["mask"].to(device)
+    labels = None if not K else torch.arange(len(images), device=device) % K
+    ts = ts or p.ts
+    g = torch.Generator(device=device).manual_seed(args.seed)
+    f = E.ModelFn(model, labels, batch_size=args.batch)
+    result = p.solve(f, ts=ts if p.ts is not None else None, generator=g)
+    extra = {"task": args.task, "ts": ts or [], "nfe": f.evals, "seed": args.seed,
+             "observed": to_uint8(p.observed).cpu()}
+    rows = [images.float().div(127.5).sub(1) if images.shape[1:] == shape else p.observed.cpu(), p.observed.cpu(),
+            result.cpu()]
+    msg = [f"{args.task}: {len(images)} images {shape}, {f.evals} network evaluations each"]
+    err = p.known_error(result)
+    if err is not None:
+        extra["known_part_error"] = err
+        msg.append(f"known part kept to {err:.1e}")
+    if teacher is not None:
+        ft = E.TeacherODE(teacher, args.baseline_N, labels, batch_size=args.batch)
+        rt = p.solve(ft, ts=ts if p.ts is not None else None, generator=torch.Generator(device=device).manual_seed(args.seed))
+        extra.update(teacher=to_uint8(rt).cpu(), teacher_nfe=ft.evals)
+        rows.append(rt.cpu())
+        msg.append(f"teacher ODE baseline: {ft.evals} network evaluations each")
+    if p.original is not None:
+        orig = p.original.cpu()
+        extra["originals"] = to_uint8(orig)
+        rows.append(orig)
+        msg.append(f"PSNR {float(E.psnr(result.cpu(), orig).mean()):.2f} dB vs the originals")
+    if "mask" in p.kwargs:
+        extra["mask"] = p.kwargs["mask"].cpu()
+    save_npz(out, to_uint8(result).cpu(), **extra)
+    k = min(len(images), 10)
+    grid = torch.cat([to_uint8(r[:k].expand(-1, shape[0], -1, -1)) for r in rows])
+    save_png(out.with_suffix(".png"), make_grid(grid, nrow=k))
+    print("; ".join(msg) + f" -> {out} (grid: rows input, observed, result{', teacher' if teacher is not None else ''}"
+          f"{', original' if p.original is not None else ''}: {out.with_suffix('.png')})")
+    return 0
+
+COMMANDS = {"train": _train, "sample": _sample, "eval": _eval, "edit": _edit}
 
 
 def run_image_command(args) -> int:
