@@ -89,6 +89,7 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
     ``teacher``: the run folder of a trained teacher (``cd`` recipes; optional initialisation for ``ct``).
     ``resume``: continue from ``out/checkpoint.pt`` exactly; refused if the recipe or shapes differ.
     Under ``torchrun`` every rank runs this; rank 0 writes the files."""
+    t_start = time.monotonic()
     rank, world_size = init_distributed()
     out = Path(out)
     cfg = recipe.train
@@ -119,6 +120,8 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
         teacher_model, teacher_info = load_run(teacher, device)
         if teacher_info["recipe"]["method"] != "teacher":
             raise ValueError(f"{teacher} is a {teacher_info['recipe']['method']!r} run, not a teacher")
+        if cfg.compile:
+            teacher_model.net.compile()
         _check_shape(teacher_info, data, recipe, f"the teacher {teacher}")
         if recipe.init_from_teacher and saved is None:
             net.load_state_dict(teacher_model.net.state_dict())
@@ -135,7 +138,6 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
         trainer.load_state_dict(saved)
         del saved
     elif minutes is not None and steps is None:  # calibrate K to the budget from the first steps' time
-        t_cal = time.monotonic()
         n_cal = 30 if device.type == "cuda" else 5
         for _ in trainer.steps(n_cal):  # includes compilation
             pass
@@ -146,7 +148,7 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
         if device.type == "cuda":
             torch.cuda.synchronize()
         per_step = (time.monotonic() - t_warm) / n_cal
-        left = minutes * 60 - (time.monotonic() - t_cal)
+        left = minutes * 60 - (time.monotonic() - t_start)
         K = max(trainer.step + 1, trainer.step + int(left / per_step))
         if world_size > 1:  # every rank must agree on K
             k = torch.tensor([K], device=device)
@@ -160,7 +162,8 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / RECIPE_FILE, {"recipe": recipe.to_dict(), "shape": meta["shape"],
                                         "num_classes": num_classes, "status": "training"})
-    trainer.fit(progress=progress, desc=recipe.name, minutes=None if minutes is None else minutes,
+    left = None if minutes is None else max(minutes - (time.monotonic() - t_start) / 60, 0.0)
+    trainer.fit(progress=progress, desc=recipe.name, minutes=left,
                 checkpoint=ckpt_path, checkpoint_minutes=checkpoint_minutes, callback=callback,
                 callback_every=callback_every)
     if device.type == "cuda":

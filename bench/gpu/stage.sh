@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The GPU runs behind the README's image numbers, one stage per device call (each call <= 10 minutes;
+# the device machine keeps files outside the repository between calls while it stays warm):
+#   a: stash MNIST + the first half of the Inception weights; train mnist-teacher, mnist-cd, mnist-ict
+#   b: stash the second half of the Inception weights (sha1 checked); evaluate the MNIST runs; MNIST editing
+#   c: CIFAR-10: train cifar10-teacher, cifar10-cd, cifar10-ict; evaluate them
+#   d: CIFAR-10 editing and time search; the step benchmark
+# Everything a stage produced is packed into $OUT/<stage>.tgz (logs, JSON, PNG grids; no weights).
+set -uo pipefail
+STAGE=$1; shift
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 CMLITE_DATA=/root/stash CMLITE_INCEPTION=/root/stash/default_1.pt
+S=/root/stash R=/root/runs L=/root/logs/$STAGE
+mkdir -p $S $R $L
+pack() { (cd /root && tar czf $OUT/$STAGE.tgz --exclude='*.pt' --exclude='*.safetensors' --exclude='*.npz' logs runs 2>/dev/null); ls -la $OUT; }
+trap pack EXIT
+for d in .gpu/*/; do cp -n $d* $S/ 2>/dev/null; done
+if [ -f $S/inc_aa ] && [ -f $S/inc_ab ] && [ ! -f $S/default_1.pt ]; then
+  cat $S/inc_aa $S/inc_ab > $S/default_1.pt && sha1sum $S/default_1.pt | tee $L/inception.sha1
+fi
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee $L/gpu.txt
+python -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" | tee -a $L/gpu.txt
+T() { local name=$1; shift; echo "=== train $name $(date +%T)"; python -m cmlite train $name --out $R/$name "$@" 2>&1 | tr '\r' '\n' | grep -v '^\s*$' | awk 'NR%20==1 || /Error|error|Traceback|steps,/' | tee $L/train-$name.log; }
+E() { local name=$1; shift; echo "=== eval $name $(date +%T)"; python -m cmlite eval $R/$name --cache $R "$@" 2>&1 | tee $L/eval-$name.log; }
+case $STAGE in
+  a) T mnist-teacher --minutes ${MT:-2.5}
+     T mnist-cd --teacher $R/mnist-teacher --minutes ${MC:-2.5}
+     T mnist-ict --minutes ${MI:-3} ;;
+  b) for r in mnist-teacher mnist-cd mnist-ict; do E $r --inception yes; done
+     [ -f bench/edit_eval.py ] && python bench/edit_eval.py ${EDIT_MNIST_ARGS:-} 2>&1 | tee $L/edit-mnist.log ;;
+  c) T cifar10-teacher --minutes ${CT_:-3}
+     T cifar10-cd --teacher $R/cifar10-teacher --minutes ${CC:-2}
+     T cifar10-ict --minutes ${CI:-2.5}
+     for r in cifar10-teacher cifar10-cd cifar10-ict; do E $r --inception yes; done ;;
+  d) [ -f bench/edit_eval.py ] && python bench/edit_eval.py ${EDIT_CIFAR_ARGS:-} 2>&1 | tee $L/edit-cifar.log
+     [ -f bench/step_bench.py ] && python bench/step_bench.py ${BENCH_ARGS:-} --out $L/bench.json 2>&1 | tee $L/bench.log ;;
+  smoke) T tiny-ict --steps 50 --set train.device=cuda train.precision=bf16 train.compile=True ;;
+esac
+echo "=== stage $STAGE done $(date +%T)"
