@@ -340,7 +340,11 @@ def edit(model, task: str, y, *, mask=None, factor: int = 2, sigma: float | None
         generator: for the noise of Algorithm 4. class_labels: (B,) for class-conditional models.
         clamp, precision, batch_size: see :class:`ModelFn`.
 
-    Returns the edited images, float in [-1, 1] when ``clamp``. Costs :func:`nfe` network evaluations per image.
+    Returns the edited images (float). Every model output is clamped to [-1, 1] when ``clamp``, but the last
+    projection combines y's kept part with the model's generated part, which can leave [-1, 1] slightly
+    (e.g. a kept luminance with generated colours): clamp or quantise (:func:`~cmlite.image.data.to_uint8`)
+    for display and pixel metrics; the known part is exact before that. Costs :func:`nfe` network
+    evaluations per image.
     """
     _check_task(task)
     f = _as_fn(model, class_labels, clamp, precision, batch_size)
