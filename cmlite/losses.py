@@ -117,17 +117,41 @@ class _ConsistencyLoss:
         self.stop_gradient = stop_gradient  # False only for the ablation: gradients then flow through the target
         lambda_weight(weighting, torch.ones(1), 2 * torch.ones(1))  # fail early on an unknown name
 
+    def _cached(self, key: tuple, make: Callable[[], Tensor]) -> Tensor:
+        """A small per-loss cache of grids on the device: a fresh copy from the host every step would wait
+        for the device (a blocking host-to-device copy) and cost a host synchronisation per step."""
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            if len(cache) >= 1024:  # N(k) takes a few hundred values at most; never grow without bound
+                cache.clear()
+            cache[key] = make()
+        return cache[key]
+
     def grid(self, N: int, x: Tensor) -> Tensor:
-        """The N Karras boundaries t_1 = eps < ... < t_N = T, in x's dtype and device."""
-        return karras_boundaries(N, self.eps, self.T, self.rho).to(dtype=x.dtype, device=x.device)
+        """The N Karras boundaries t_1 = eps < ... < t_N = T, in x's dtype and device (cached: do not
+        modify the returned tensor in place)."""
+        key = ("grid", N, self.eps, self.T, self.rho, x.dtype, x.device)
+        return self._cached(key, lambda: karras_boundaries(N, self.eps, self.T, self.rho).to(dtype=x.dtype,
+                                                                                              device=x.device))
 
     def sample_indices(self, B: int, N: int, device=None, generator=None) -> Tensor:
         """0-based indices n in {0, ..., N-2} (the pair t_n < t_{n+1}): uniform (Algorithms 2, 3) or the
-        discretised lognormal of improved CT (:func:`cmlite.schedules.lognormal_index_probs`)."""
+        discretised lognormal of improved CT (:func:`cmlite.schedules.lognormal_index_probs`).
+
+        Lognormal on the CPU: ``torch.multinomial``. On an accelerator: inverse-CDF sampling (``searchsorted``
+        of uniform draws in the cumulative probabilities), the same distribution without the host
+        synchronisations of ``torch.multinomial``'s input checks."""
         if self.index_sampling == "uniform":
             return torch.randint(0, N - 1, (B,), device=device, generator=generator)
-        p = lognormal_index_probs(karras_boundaries(N, self.eps, self.T, self.rho), self.P_mean, self.P_std)
-        return torch.multinomial(p.float().to(device), B, replacement=True, generator=generator)
+        device = torch.device("cpu") if device is None else torch.device(device)
+        key = (N, self.eps, self.T, self.rho, self.P_mean, self.P_std)
+        p = self._cached(("p",) + key, lambda: lognormal_index_probs(
+            karras_boundaries(N, self.eps, self.T, self.rho), self.P_mean, self.P_std))
+        if device.type == "cpu":
+            return torch.multinomial(p.float(), B, replacement=True, generator=generator)
+        cdf = self._cached(("cdf", device) + key, lambda: p.cumsum(0)[:-1].float().to(device))
+        u = torch.rand(B, device=device, generator=generator)
+        return torch.searchsorted(cdf, u, right=True)  # n = #{k < N-2 : cdf_k <= u}, in {0, ..., N-2}
 
     def __call__(self, model, x: Tensor, target=None, N: int = 18, generator=None, shard=None, **cond) -> Tensor:
         """Draw n and z (see :func:`draw` for ``shard``) and return :meth:`at`'s per-sample losses."""

@@ -18,6 +18,9 @@ scalings of the skip form at eps = 0.
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import Tensor, nn
 
@@ -41,6 +44,23 @@ def get_scalings(t: Tensor, sigma_data: float = SIGMA_DATA, eps: float = EPS):
     return c_skip, c_out, c_in, c_noise
 
 
+def _checked_times(t, x: Tensor, eps: float, T: float, check_device: bool) -> Tensor:
+    """Times of shape (B,) on x's device, range-checked without waiting for an accelerator.
+
+    A number is checked on the host and filled on the device (``torch.as_tensor(number, device=cuda)``
+    would copy from the host and wait for the device). A tensor on the CPU is checked (no cost). A tensor
+    on an accelerator is checked only with ``check_device`` (reading its min and max back stalls the
+    device on every call; the losses build their times from the grid, in range by construction)."""
+    if isinstance(t, numbers.Real) and x.device.type != "cpu" and x.ndim >= 1:
+        if not torch.compiler.is_compiling():
+            check_time_range(torch.tensor([float(t)], dtype=torch.float64), eps, T)
+        return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+    t = as_time(t, x)
+    if not torch.compiler.is_compiling() and (t.device.type == "cpu" or check_device):
+        check_time_range(t, eps, T)
+    return t
+
+
 class ConsistencyModel(nn.Module):
     r"""The consistency function f_theta(x, t) around a network ``net(x_in, c_noise)``.
 
@@ -52,9 +72,12 @@ class ConsistencyModel(nn.Module):
 
     ``model(x, t)`` evaluates f_theta; t may be a number or a tensor of shape (B,). Extra keyword
     arguments (e.g. ``class_labels``) go to the network unchanged: ``model(x, t, class_labels=y)``.
+    Times are range-checked when given as numbers or CPU tensors; time tensors on an accelerator only
+    with ``check_device_times = True`` (the check reads them back, a host synchronisation per call).
     """
 
     PARAMETERIZATIONS = ("skip", "piecewise")
+    check_device_times: bool = False
 
     def __init__(self, net: nn.Module, sigma_data: float = SIGMA_DATA, eps: float = EPS,
                  T: float = T_MAX, parameterization: str = "skip"):
@@ -72,9 +95,7 @@ class ConsistencyModel(nn.Module):
         return get_scalings(t, self.sigma_data, self.eps if self.parameterization == "skip" else 0.0)
 
     def forward(self, x: Tensor, t, **cond) -> Tensor:
-        t = as_time(t, x)
-        if not torch.compiler.is_compiling():  # a host sync: checked in eager mode, skipped when compiled
-            check_time_range(t, self.eps, self.T)
+        t = _checked_times(t, x, self.eps, self.T, self.check_device_times)
         c_skip, c_out, c_in, c_noise = (append_dims(c, x.ndim) if i < 3 else c
                                         for i, c in enumerate(self.get_scalings(t)))
         F = self.net(c_in * x, c_noise, **cond)
@@ -91,16 +112,25 @@ class EDMDenoiser(nn.Module):
     r"""Diffusion denoiser D_phi(x, t) = c_skip x + c_out F_phi(c_in x, c_noise) with EDM scalings
     (:func:`get_scalings` at eps = 0). Train it with :class:`cmlite.teacher.DenoisingScoreMatchingLoss`;
     it is the teacher of consistency distillation (score = (D - x)/t^2). Extra keyword arguments
-    (``class_labels``) go to the network."""
+    (``class_labels``) go to the network. Times are checked (finite, > 0) when given as numbers or CPU
+    tensors; time tensors on an accelerator only with ``check_device_times = True`` (a host sync per call)."""
+
+    check_device_times: bool = False
 
     def __init__(self, net: nn.Module, sigma_data: float = SIGMA_DATA):
         super().__init__()
         self.net, self.sigma_data = net, float(sigma_data)
 
     def forward(self, x: Tensor, t, **cond) -> Tensor:
-        t = as_time(t, x)
-        if not torch.compiler.is_compiling() and ((t <= 0).any() or not torch.isfinite(t).all()):
-            raise ValueError("the denoiser needs finite times t > 0")
+        if isinstance(t, numbers.Real) and x.device.type != "cpu" and x.ndim >= 1:
+            if not (math.isfinite(float(t)) and float(t) > 0):
+                raise ValueError("the denoiser needs finite times t > 0")
+            t = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+        else:
+            t = as_time(t, x)
+            if not torch.compiler.is_compiling() and (t.device.type == "cpu" or self.check_device_times) \
+                    and ((t <= 0).any() or not torch.isfinite(t).all()):
+                raise ValueError("the denoiser needs finite times t > 0")
         c_skip, c_out, c_in, c_noise = get_scalings(t, self.sigma_data, 0.0)
         c_skip, c_out, c_in = (append_dims(c, x.ndim) for c in (c_skip, c_out, c_in))
         return c_skip * x + c_out * self.net(c_in * x, c_noise, **cond)
