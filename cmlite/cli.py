@@ -60,6 +60,9 @@ def main(argv=None) -> int:
     d.add_argument("--steps", type=_positive_int, default=None, help="training steps per model (default: the demo's)")
     d.add_argument("--seed", type=int, default=0,
                    help="random seed of the data, the noise and the network initialisation (default: %(default)s)")
+    d.add_argument("--ct", choices=["ict", "ct"], default="ict",
+                   help="consistency-training recipe: 'ict' improved CT (default), 'ct' Algorithm 3's original "
+                        "schedules (its one-step samples fill a disc)")
     _add_threads(d)
 
     t = sub.add_parser("theorem", help="numerical checks of Theorems 1 and 2 (tables of errors and slopes)")
@@ -77,7 +80,8 @@ def main(argv=None) -> int:
     if args.command == "demo":
         _check_out(d, args.out)
         from .demo import run_demo
-        return run_demo(json_out=args.json, out=args.out, steps=args.steps, seed=args.seed, threads=args.threads)
+        return run_demo(json_out=args.json, out=args.out, steps=args.steps, seed=args.seed, threads=args.threads,
+                        ct=args.ct)
     if args.command == "theorem":
         from .theory.report import run_theorem
         return run_theorem(json_out=args.json, learned=args.learned, threads=args.threads)

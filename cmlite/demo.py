@@ -3,8 +3,10 @@
 Trains, on the CPU in about a minute:
 * CD (Algorithm 2) from the *analytic* teacher (the mixture's exact denoiser), Heun solver, N = 18,
   target EMA mu = 0.95;
-* CT (Algorithm 3), no teacher, with the adaptive schedules N(k), mu(k) (s0 = 2, s1 = 40, mu0 = 0.9)
-  and improved CT's pseudo-Huber distance (in 2D it halves CT's sliced W2 against squared L2);
+* CT (Algorithm 3), no teacher, with the improved-CT recipe (Song & Dhariwal 2023): N doubling from 11 to
+  161, no EMA target (mu = 0), lognormal pair indices, lambda = 1/(t_{n+1} - t_n), pseudo-Huber distance.
+  (``ct="ct"``: the original schedules N(k), mu(k) with s0 = 2, s1 = 40, mu0 = 0.9, and pseudo-Huber; its
+  one-step samples fill a disc: bench/demo_ct_sweep.py and the README compare the two);
 
 then compares 1-step and 2-step samples with the teacher's Heun PF-ODE sampler at several step
 counts and with the data-vs-data floor, and writes a figure.
@@ -18,12 +20,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .losses import ConsistencyDistillationLoss, ConsistencyTrainingLoss
+from .losses import ConsistencyDistillationLoss, ConsistencyTrainingLoss, ImprovedConsistencyTrainingLoss
 from .metrics import data_floor, mmd, off_mode_fraction, off_mode_fraction_expected, sliced_wasserstein
 from .nets import MLP
 from .parameterization import ConsistencyModel
 from .sampling import multistep_sample
-from .schedules import CTSchedule, FixedSchedule, T_MAX, karras_boundaries
+from .schedules import CTSchedule, FixedSchedule, ICTSchedule, T_MAX, karras_boundaries
 from .ode import solve
 from .toys import ring_mixture
 from .threads import small_model_threads
@@ -42,13 +44,29 @@ class DemoConfig:
     cd_N: int = 18                  # CD grid (paper's CIFAR-10 value), Heun teacher
     cd_mu: float = 0.95             # CD target EMA (paper's ImageNet/LSUN value; mu = 0 is noisier in 2D)
     cd_lr: float = 1e-3
-    ct_s1: int = 40                 # CT schedule N(k) from s0 + 1 = 3 to s1 + 1 = 41 (paper: s1 = 150)
-    ct_lr: float = 2e-3
+    ct: str = "ict"                 # "ict": improved-CT recipe; "ct": Algorithm 3's N(k), mu(k) (see CT_RECIPES)
+    ct_s1: int | None = None        # final N - 1 of the CT curriculum (None: the recipe's, 160 or 40)
+    ct_lr: float | None = None      # None: the recipe's (1e-3 or 2e-3)
     ct_distance: str = "pseudo_huber"  # improved CT's choice; "l2" is the original paper's CT
     two_step_tau: float = 0.585     # the official CIFAR-10 two-step time: index 11 of the N = 18 grid
     teacher_N: tuple = (2, 3, 5, 10, 18, 40)
     n_eval: int = 4000
     seed: int = 0
+
+
+# the two CT recipes (bench/demo_ct_sweep.py: configurations "ict" and "demo"); s1 and lr are the defaults
+CT_RECIPES = {"ict": {"s1": 160, "lr": 1e-3}, "ct": {"s1": 40, "lr": 2e-3}}
+
+
+def ct_setup(cfg: DemoConfig):
+    """The CT loss, (N, mu) schedule and learning rate of the demo's configuration."""
+    if cfg.ct not in CT_RECIPES:
+        raise ValueError(f"ct must be one of {sorted(CT_RECIPES)}; got {cfg.ct!r}")
+    s1 = cfg.ct_s1 if cfg.ct_s1 is not None else CT_RECIPES[cfg.ct]["s1"]
+    lr = cfg.ct_lr if cfg.ct_lr is not None else CT_RECIPES[cfg.ct]["lr"]
+    if cfg.ct == "ict":  # lognormal indices, lambda = 1/(t_{n+1} - t_n); N = 11, 21, ..., s1 + 1; mu = 0
+        return ImprovedConsistencyTrainingLoss(distance=cfg.ct_distance), ICTSchedule(cfg.steps, 10, s1), lr
+    return ConsistencyTrainingLoss(distance=cfg.ct_distance), CTSchedule(cfg.steps, s0=2, s1=s1, mu0=0.9), lr
 
 
 OFF_MODE_K = 3.0   # a sample is "off-mode" if it lies further than 3 std from every mode
@@ -92,7 +110,7 @@ def run(cfg: DemoConfig = DemoConfig(), progress: bool = True) -> dict:
 
     runs = {
         "CD": (ConsistencyDistillationLoss(gm, solver="heun"), FixedSchedule(cfg.cd_N, cfg.cd_mu), cfg.cd_lr),
-        "CT": (ConsistencyTrainingLoss(distance=cfg.ct_distance), CTSchedule(cfg.steps, s0=2, s1=cfg.ct_s1, mu0=0.9), cfg.ct_lr),
+        "CT": ct_setup(cfg),
     }
     histories = {}
     for name, (loss, schedule, lr) in runs.items():
@@ -122,7 +140,10 @@ def print_table(res: dict) -> None:
     print("2D ring of 8 Gaussians: sample quality against 4000 data points (lower sw2 / mmd is better; "
           "loglik = mean log p_data of the samples, higher is better;\noff-mode = share of samples further than "
           f"{OFF_MODE_K:g} std from every mode, i.e. between modes; path_rms = RMS distance to the exact "
-          "PF-ODE image of the same noise x_T)\n")
+          "PF-ODE image of the same noise x_T)")
+    recipe = {"ict": "improved-CT recipe (N 11 -> 161, mu = 0, lognormal n, lambda = 1/dt, pseudo-Huber)",
+              "ct": "Algorithm 3's schedules N(k), mu(k) (s1 = 40, mu0 = 0.9), pseudo-Huber"}[res["config"]["ct"]]
+    print(f"CD: exact teacher, Heun, N = 18, mu = 0.95;  CT: {recipe}\n")
     head = f"{'method':<32}{'NFE':>4}{'sliced W2':>17}{'MMD^2':>10}{'loglik':>13}{'off-mode':>10}{'path_rms':>10}"
     print(head)
     print("-" * len(head))
@@ -167,10 +188,11 @@ def plot(res: dict, out: str) -> None:
 
 
 def run_demo(json_out: bool = False, out: str = "cmlite_demo.png", steps: int | None = None, seed: int = 0,
-             threads: int | None = None) -> int:
+             threads: int | None = None, ct: str = "ict") -> int:
     """Entry point of ``cmlite demo``. ``threads``: torch intra-op threads while it runs
-    (:func:`cmlite.threads.default_threads`: ``$CMLITE_THREADS``, else 1)."""
-    cfg = DemoConfig(seed=seed) if steps is None else DemoConfig(steps=steps, seed=seed)
+    (:func:`cmlite.threads.default_threads`: ``$CMLITE_THREADS``, else 1); ``ct``: the CT recipe
+    (``"ict"`` or ``"ct"``, see :data:`CT_RECIPES`)."""
+    cfg = DemoConfig(seed=seed, ct=ct) if steps is None else DemoConfig(steps=steps, seed=seed, ct=ct)
     with small_model_threads(threads) as n_threads:
         t0 = time.perf_counter()
         res = run(cfg, progress=not json_out)
