@@ -266,6 +266,43 @@ def time_fn(fn, device, steps: int, repeats: int) -> tuple[list[float], list[flo
     return dev, host
 
 
+KERNEL_CLASSES = (("attention", ("flash", "fmha", "attention", "attn")),
+                  ("optimizer", ("adam", "multi_tensor", "foreach")),
+                  ("conv/gemm", ("conv", "cudnn", "xmma", "gemm", "cutlass", "nvjet", "wgrad", "dgrad", "sm90_", "sm80_")),
+                  ("triton (fused elementwise/norm)", ("triton",)),
+                  ("copy/other", ("",)))
+
+
+def profile(fn, device, steps: int = 2) -> dict:
+    """Device time by kernel (torch.profiler) over ``steps`` calls: the top kernels and a rough split by class
+    (on a CPU: self CPU time by operator, to check this code)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile as prof
+    cuda = device.type == "cuda"
+    sync(device)
+    with prof(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as p:
+        for _ in range(steps):
+            fn()
+        sync(device)
+    ka = list(p.key_averages())
+    if cuda:
+        events = [e for e in ka if e.device_type == DeviceType.CUDA]
+        key = "self_device_time_total" if events and hasattr(events[0], "self_device_time_total") \
+            else "self_cuda_time_total"
+    else:
+        events, key = ka, "self_cpu_time_total"
+    total = sum(getattr(e, key) for e in events) or 1.0
+    split = {}
+    for e in events:
+        name = e.key.lower()
+        cls = next(c for c, pats in KERNEL_CLASSES if any(q in name for q in pats))
+        split[cls] = split.get(cls, 0.0) + getattr(e, key) / total
+    top = sorted(events, key=lambda e: -getattr(e, key))[:25]
+    return {"device_ms_per_step": total / 1e3 / steps, "split": split,
+            "top": [{"kernel": e.key[:120], "ms_per_step": getattr(e, key) / 1e3 / steps, "calls": e.count / steps}
+                    for e in top]}
+
+
 def dynamo_counts() -> dict:
     try:
         from torch._dynamo.utils import counters
@@ -312,6 +349,12 @@ def measure(kind, variant, batch, args, device, n_images, flops_per_image, peak_
         if device.type == "cuda":
             rec["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / GiB
             rec["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / GiB
+        if args.profile:
+            rec["profile"] = profile(fn, device)
+            log(f"    profile {kind} {variant} {batch}: " + ", ".join(
+                f"{k} {100 * v:.0f}%" for k, v in sorted(rec["profile"]["split"].items(), key=lambda kv: -kv[1])))
+            for t in rec["profile"]["top"][:12]:
+                log(f"      {t['ms_per_step']:8.3f} ms x{t['calls']:.0f}  {t['kernel']}")
         if kind != "sample":
             tr.flush()  # the losses of the timed steps: NaN/inf would raise here
             rec["last_loss"] = tr.history["loss"][-1] if tr.history["loss"] else None
@@ -429,6 +472,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--quick", action="store_true",
                    help="CPU self-check: tiny preset, batch 4, 2 steps, no compile, all kinds")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile 2 calls per configuration (torch.profiler): top kernels, time by kernel class")
     p.add_argument("--strict", action="store_true", help="raise on the first failing configuration")
     p.add_argument("--out", default=None, help="JSON file (rewritten after every configuration)")
     args = p.parse_args(argv)
@@ -456,6 +501,7 @@ def main(argv=None) -> int:
     peak_start = matmul_peak(device, peak_n)
     log(f"# matmul peak ({peak_start['dtype']}, {peak_n}^3): {peak_start['tflops']:.3g} TFLOP/s")
     res = {"card": card, "torch": torch.__version__, "cuda": torch.version.cuda, "device": str(device),
+           "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
            "preset": args.preset, "params": params, "shape": [C, H, H],
            "peak_kind": peak_start["dtype"], "peak": {"start": peak_start}, "peak_tflops": peak_start["tflops"],
            "options": {k: v for k, v in vars(args).items() if k != "out"}, "flops_per_image": {}, "flop_ops": {},

@@ -302,7 +302,9 @@ class Trainer:
 
         ``checkpoint``: a path written atomically every ``checkpoint_minutes``, at the end, and when the
         process gets SIGTERM or SIGINT (then it stops). ``callback(trainer)`` runs every
-        ``callback_every`` steps (e.g. a sample grid). Only rank 0 writes files and shows the bar."""
+        ``callback_every`` steps (e.g. a sample grid). Only rank 0 writes files and shows the bar. Under
+        data parallelism the time budget and the signals are checked every ``log_every`` steps and agreed
+        over the ranks (one small all-reduce), so that every rank stops at the same step."""
         total = (self.config.steps - self.step) if steps is None else steps
         end = self.step + max(total, 0)
         main = self.rank == 0
@@ -334,12 +336,18 @@ class Trainer:
                     if minutes is not None:
                         post["left"] = f"{max(minutes * 60 - (now - t0), 0) / 60:.1f}min"
                     bar.set_postfix(post, refresh=False)
-                    if minutes is not None and now - t0 >= minutes * 60:
+                    out_of_time = minutes is not None and now - t0 >= minutes * 60
+                    if self.world_size > 1:  # the ranks' clocks and signals differ: all stop at the same step
+                        out_of_time, signalled = self._any_rank(out_of_time, stop["signal"] is not None)
+                        if signalled:
+                            stop["signal"] = stop["signal"] or "(on another rank)"
+                            break
+                    if out_of_time:
                         break
                     if checkpoint is not None and now - last_ckpt >= checkpoint_minutes * 60:
                         self.save(checkpoint)
                         last_ckpt = now
-                if stop["signal"] is not None:
+                if stop["signal"] is not None and self.world_size == 1:
                     break
             self.flush()
             if checkpoint is not None:
@@ -352,6 +360,12 @@ class Trainer:
             raise KeyboardInterrupt(f"stopped by signal {stop['signal']} at step {self.step}; "
                                     f"checkpoint written to {checkpoint}")
         return self.history
+
+    def _any_rank(self, *flags: bool) -> list[bool]:
+        """Each flag OR-ed over the data-parallel ranks (one small all-reduce; at log steps only)."""
+        t = torch.tensor([float(f) for f in flags], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in t.tolist()]
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -371,6 +385,9 @@ class Trainer:
             "rng_torch": torch.get_rng_state(),
             "rng_data": self.data_generator.get_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # the generator this run draws from; the same on every rank (each draws the global batch's noise),
+            # so it restores every rank, on any number of GPUs (rng_cuda holds rank 0's view of all devices)
+            "rng_device": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "data_state": src.state_dict() if hasattr(src, "state_dict") else None,
         }
 
@@ -402,10 +419,12 @@ class Trainer:
         self.opt.load_state_dict(sd["opt"])
         self.step = sd["step"]
         self.history = {k: list(v) for k, v in sd["history"].items()}
-        torch.set_rng_state(sd["rng_torch"])
-        self.data_generator.set_state(sd["rng_data"])
-        if sd["rng_cuda"] and torch.cuda.is_available() and len(sd["rng_cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(sd["rng_cuda"])
+        torch.set_rng_state(sd["rng_torch"].cpu())  # .cpu(): the file may have been loaded onto a GPU
+        self.data_generator.set_state(sd["rng_data"].cpu())
+        if sd.get("rng_device") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(sd["rng_device"].cpu(), self.device)
+        elif sd["rng_cuda"] and torch.cuda.is_available() and len(sd["rng_cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in sd["rng_cuda"]])
         src = self.batches.data
         if sd.get("data_state") is not None and hasattr(src, "load_state_dict"):
             src.load_state_dict(sd["data_state"])

@@ -29,11 +29,24 @@ NAME = "tiny-ct"           # tiny U-Net, dropout 0 (dropout masks are per proces
 OVERRIDES = [f"train.batch_size={2 * B}"]
 
 WORKER = r"""
-import json, sys, torch
+import json, os, sys, time, torch
 torch.set_num_threads(1)
+import cmlite.training
 from cmlite.image.recipes import get_recipe
 from cmlite.image.run import train
 name, out, steps, dump, overrides = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], json.loads(sys.argv[5])
+if steps == 0:  # a time budget, and the Trainer's clock on rank 1 runs 8x fast: the ranks must still agree
+    if os.environ["RANK"] == "1":
+        class FastClock:
+            def __getattr__(self, k):
+                return getattr(time, k)
+            def monotonic(self):
+                return 8 * time.monotonic()
+        cmlite.training.time = FastClock()
+    summary = train(get_recipe(name).with_overrides(overrides), out, minutes=0.25, progress=False)
+    print("STEPS", summary["steps"], summary["K"], flush=True)
+    torch.distributed.destroy_process_group()
+    sys.exit(0)
 
 def keep(tr):  # this rank's state after the last step
     if tr.step == steps:
@@ -53,9 +66,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(tmp_path):
+def _two_processes(tmp_path, steps=STEPS, overrides=OVERRIDES):
     """Run WORKER as ranks 0 and 1 (what torchrun sets: MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK).
-    Each rank is given its own --out folder, so a file written by rank 1 would show up in run1/."""
+    Each rank is given its own --out folder, so a file written by rank 1 would show up in run1/.
+    Returns each rank's output."""
     port = _free_port()
     procs = []
     for rank in (0, 1):
@@ -64,8 +78,8 @@ def _two_processes(tmp_path):
                "CMLITE_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
         if sys.platform.startswith("linux"):
             env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        cmd = [sys.executable, "-c", WORKER, NAME, str(tmp_path / f"run{rank}"), str(STEPS),
-               str(tmp_path / f"rank{rank}.pt"), json.dumps(OVERRIDES)]
+        cmd = [sys.executable, "-c", WORKER, NAME, str(tmp_path / f"run{rank}"), str(steps),
+               str(tmp_path / f"rank{rank}.pt"), json.dumps(overrides)]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outs = []
     for p in procs:
@@ -77,7 +91,7 @@ def _two_processes(tmp_path):
             pytest.fail("the 2-process run did not finish in 240 s (a hang in a collective?)")
     for rank, (p, out) in enumerate(zip(procs, outs)):
         assert p.returncode == 0, f"rank {rank} failed:\n{out[-3000:]}"
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    return outs
 
 
 def _assert_close_runs(a: dict, b: dict, init: dict, what: str, slack: float = 1.0) -> None:
@@ -98,7 +112,8 @@ def _assert_close_runs(a: dict, b: dict, init: dict, what: str, slack: float = 1
 
 
 def test_two_processes_equal_one_with_the_doubled_batch_and_resume_in_one(tmp_path):
-    ranks = _two_processes(tmp_path)
+    _two_processes(tmp_path)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert [(r["rank"], r["world_size"], r["ddp"]) for r in ranks] == [(0, 2, True), (1, 2, True)]
     for part in ("model", "target", "ema"):  # all-reduced gradients: the ranks' copies are bitwise equal
         for k, v in ranks[0][part].items():
@@ -133,3 +148,20 @@ def test_two_processes_equal_one_with_the_doubled_batch_and_resume_in_one(tmp_pa
     assert a["step"] == b["step"] == 2 * STEPS and a["world_size"] == b["world_size"] == 1
     for part in ("model", "target", "ema"):
         _assert_close_runs(a[part], b[part], init, f"{part} resumed to {2 * STEPS} steps in 1 process", slack=2)
+
+
+def test_ranks_stop_a_time_budget_at_the_same_step(tmp_path):
+    # rank 1's clock runs 8x fast: left to itself it would stop long before rank 0, which would then wait in
+    # an all-reduce for a rank that is gone; the Trainer agrees on the stop at log steps
+    outs = _two_processes(tmp_path, steps=0, overrides=OVERRIDES + ["train.log_every=2"])
+    (s0, k0), (s1, k1) = ([int(v) for v in o.split("STEPS")[-1].split()[:2]] for o in outs)
+    assert k0 == k1 and s0 == s1 < k0, outs  # stopped together by the (fast) clock, before the calibrated K
+    assert json.loads((tmp_path / "run0" / "recipe.json").read_text())["steps"] == s0
+
+
+def test_run_summary_has_a_steady_state_throughput(tmp_path):
+    # what bench/scale.sh compares across GPU counts: images/s over the log steps after the first 10 steps
+    # (start-up and compilation excluded), next to the whole-session figure
+    s = train(get_recipe(NAME).with_overrides(["train.log_every=2"]), tmp_path / "run", steps=16, progress=False)
+    assert s["steady_steps"] == 6 and s["steady_images_per_second"] > 0 and s["startup_seconds"] > 0
+    assert json.loads((tmp_path / "run" / "recipe.json").read_text())["steady_steps"] == 6

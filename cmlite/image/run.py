@@ -32,6 +32,7 @@ from .data import GPUBatches, ImageData, load_dataset, make_grid, save_png, synt
 from .recipes import Recipe, build, build_net
 
 CHECKPOINT, WEIGHTS, RECIPE_FILE = "checkpoint.pt", "ema.safetensors", "recipe.json"
+STEADY_AFTER = 10  # steps before the steady-state throughput is measured (compilation, cudnn autotuning)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -163,9 +164,19 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
         _write_json(out / RECIPE_FILE, {"recipe": recipe.to_dict(), "shape": meta["shape"],
                                         "num_classes": num_classes, "status": "training"})
     left = None if minutes is None else max(minutes - (time.monotonic() - t_start) / 60, 0.0)
+    # steady-state throughput: (step, time) at the log steps after STEADY_AFTER steps (compilation and
+    # autotuning done); the host has just read the loss there, so these are in step with the device
+    marks, every = [], max(cfg.log_every, 1)
+
+    def timed(tr):
+        if tr.step % every == 0 and tr.step - step0 >= STEADY_AFTER:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            marks.append((tr.step, time.monotonic()))
+        if callback is not None and callback_every and tr.step % callback_every == 0:
+            callback(tr)
     trainer.fit(progress=progress, desc=recipe.name, minutes=left,
-                checkpoint=ckpt_path, checkpoint_minutes=checkpoint_minutes, callback=callback,
-                callback_every=callback_every)
+                checkpoint=ckpt_path, checkpoint_minutes=checkpoint_minutes, callback=timed, callback_every=1)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.monotonic() - t0
@@ -174,6 +185,10 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
                "images_seen": trainer.step * cfg.batch_size, "epochs": batches.epoch,
                "train_seconds_this_session": seconds,
                "images_per_second": (trainer.step - step0) * cfg.batch_size / max(seconds, 1e-9),
+               "steady_images_per_second": (marks[-1][0] - marks[0][0]) * cfg.batch_size
+               / max(marks[-1][1] - marks[0][1], 1e-9) if len(marks) > 1 else None,
+               "steady_steps": marks[-1][0] - marks[0][0] if len(marks) > 1 else 0,
+               "startup_seconds": (marks[0][1] - t_start) if marks else None,
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                "teacher": str(teacher) if teacher is not None else None,
                "final_loss": trainer.history["loss"][-1] if trainer.history["loss"] else None}
