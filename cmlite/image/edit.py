@@ -413,6 +413,15 @@ class Problem:
     def naive(self) -> Tensor | None:
         return naive(self)
 
+    def subset(self, idx) -> "Problem":
+        """The same problem on the images ``idx`` (an index tensor, list or slice): the same masks and noise."""
+        def take(v):
+            return v[idx] if isinstance(v, Tensor) and v.ndim == 4 and v.shape[0] > 1 else v
+        kwargs = {k: take(v) for k, v in self.kwargs.items()}
+        op = Inpaint(kwargs["mask"]) if isinstance(self.op, Inpaint) else self.op
+        return Problem(self.task, take(self.y), take(self.observed), None if self.original is None else
+                       take(self.original), op, kwargs)
+
     def known_error(self, result: Tensor) -> float | None:
         """max |A(result)(1 - Omega) - A(y)(1 - Omega)| (None where nothing is kept: stroke, denoise,
         interpolate)."""
