@@ -466,6 +466,38 @@ scatter_panels(results, data_ref, "ring of 8 Gaussians, no teacher", 1.6, floor)
 # For comparison, CD with the *exact* teacher (Chapter 3, and `cmlite demo`) reaches the floor in one step
 # on this data with the same network and budget: CT pays for the missing teacher with noisier gradients,
 # as Theorem 2's discussion predicts.
+#
+# **Why one-step CT fills a disc, and what separates the modes.** CT regresses $f_\theta(x_{t_{n+1}}, t_{n+1})$
+# onto $f_{\theta^-}(x + t_n z, t_n)$, a target that is random given $x_{t_{n+1}}$; at the fixed point of the
+# squared loss, $f$ at $t_{n+1}$ is the conditional *mean* of $f$ at $t_n$ over that spread. Where $f$ jumps from
+# one mode to the next (the boundaries between basins, Chapter 2), a mean over a spread that straddles the
+# boundary lands between the modes; chained down the grid, the jumps become ramps and the ring a disc.
+# Theorem 2 says this vanishes as $\Delta t \to 0$, but the original recipe stops at $N = 41$ and weights all
+# pairs alike, so the pairs at small $t$, where the modes separate and the per-pair losses are tiny, barely
+# steer the gradient. The same averaging, seen from far, is why iCT's one-step ring is too small: the mean
+# of points spread along an arc lies inside the circle.
+#
+# `bench/demo_ct_sweep.py` took the improved recipe apart on `cmlite demo`'s settings (this ring, batch 512,
+# 3000 steps, width 128, the same evaluation; one to three training seeds; the table in the README lists
+# them all). Share of one-step samples further than 3 std from every mode (data: 1.1%):
+#
+# | recipe | one-step off-mode | two-step off-mode |
+# | --- | ---: | ---: |
+# | CT, $N(k)$ to 41, $\mu(k)$, pseudo-Huber (the demo's CT until now) | 43% (3 seeds) | 16% |
+# | CT with lognormal $n$ | 33% | 10% |
+# | **iCT** (lr $10^{-3}$) | **12%** (10–18%, 3 seeds) | **9%** |
+# | iCT with $\lambda = 1$ instead of $1/\Delta t_n$ | 46% | 56% |
+# | iCT with uniform $n$ instead of lognormal (lr $2\times10^{-3}$, clipped gradients; lognormal: 10%) | 37% | 40% |
+# | iCT with dropout 0.1 | 39% | 18% |
+# | iCT, lr $2\times10^{-3}$ / $5\times10^{-4}$ | 13–45% (unstable) / 39% | 29% / 10% |
+# | iCT, final $N$ = 81, 321, 641 | 9–18% | 8–10% |
+#
+# So in 2D the decisive ingredient is the weighting $\lambda = 1/(t_{n+1} - t_n)$, with the lognormal index
+# distribution next; both put the training signal where the ring's modes separate. With them, one-step CT
+# separates the modes about as well as one-step CD with the exact teacher (11% between modes in
+# `cmlite demo`), within the same budget, and `cmlite demo` now trains its CT with this recipe
+# (`cmlite demo --ct ct` runs the old one). What it does not fix in this budget is the shrunken ring, which
+# a second step corrects.
 
 # %%
 for name, res in results.items():
@@ -561,5 +593,10 @@ scatter_panels(moons_results, moons_ref, "two moons, no teacher", 1.5, moons_flo
 # * The schedules manage that variance: $N(k)$ grows, $\mu(k)$ rises toward 1 (paper: $/N$, official:
 #   $/(N - 1)$); iCT instead doubles $N$, drops the EMA target, reweights pairs by $1/\Delta t_n$, samples
 #   them lognormally in $t$ and uses the pseudo-Huber distance.
-# * On 2D data both CT and iCT learn one-step generators from scratch in a few thousand steps; two steps
-#   close much of the remaining gap to the data-vs-data floor. Chapter 6 studies that choice of steps.
+# * On the ring, in a few thousand steps, the original CT recipe does *not* give a usable one-step generator:
+#   its one-step samples fill a disc, most of them between the modes. iCT's does: its one-step samples sit on
+#   the modes (on a slightly shrunken ring), because $\lambda = 1/\Delta t_n$ and the lognormal index
+#   distribution train the times where the modes separate. Two steps close much of the remaining gap to
+#   the data-vs-data floor for both; Chapter 6 studies that choice of steps.
+# * Without a teacher the stop-gradient is not optional: with CT's random target the full gradient collapses
+#   the model (Chapter 3's exact teacher was the exception).
