@@ -267,6 +267,7 @@ def time_fn(fn, device, steps: int, repeats: int) -> tuple[list[float], list[flo
 
 
 KERNEL_CLASSES = (("attention", ("flash", "fmha", "attention", "attn")),
+                  ("depthwise conv (Resample)", ("depthwise", "dwconv", "conv_depthwise", "grouped")),
                   ("optimizer", ("adam", "multi_tensor", "foreach")),
                   ("conv/gemm", ("conv", "cudnn", "xmma", "gemm", "cutlass", "nvjet", "wgrad", "dgrad", "sm90_", "sm80_")),
                   ("triton (fused elementwise/norm)", ("triton",)),
@@ -334,7 +335,7 @@ def measure(kind, variant, batch, args, device, n_images, flops_per_image, peak_
         sync(device)
         rec["first_step_s"] = time.perf_counter() - t0   # compilation included
         warm = []
-        for _ in range(max(args.warmup - 1, 0)):
+        for _ in range(max((args.warmup if rec["compile"] else min(args.warmup, 2)) - 1, 0)):
             t0 = time.perf_counter()
             fn()
             sync(device)
@@ -356,8 +357,7 @@ def measure(kind, variant, batch, args, device, n_images, flops_per_image, peak_
             for t in rec["profile"]["top"][:12]:
                 log(f"      {t['ms_per_step']:8.3f} ms x{t['calls']:.0f}  {t['kernel']}")
         if kind != "sample":
-            tr.flush()  # the losses of the timed steps: NaN/inf would raise here
-            rec["last_loss"] = tr.history["loss"][-1] if tr.history["loss"] else None
+            tr.flush()  # the losses of the timed steps are read here: NaN/inf would raise
         s = statistics.median(dev)
         rec.update(steps_timed=steps, repeats=args.repeats, s_per_step=s, s_per_step_repeats=dev,
                    host_s_per_step=statistics.median(host), images_per_s=batch / s)
@@ -456,9 +456,11 @@ def main(argv=None) -> int:
                    help="skip the configurations not started after this many seconds (JSON says which)")
     p.add_argument("--compile-mode", default="default",
                    choices=["default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"])
-    p.add_argument("--dynamic", default="auto", choices=["auto", "static", "batch"],
-                   help="batch dimension under compile: auto (torch's default: static, dynamic after a second "
-                        "size), static (one compile per batch size), batch (dynamic from the start: one compile)")
+    p.add_argument("--dynamic", default="batch", choices=["auto", "static", "batch"],
+                   help="the batch dimension under compile: batch (default: dynamic from the start, one compile "
+                        "serves every batch size; convolutions, matmuls and attention are library calls either "
+                        "way), static (one compile per batch size, what a training run compiles), auto (torch's "
+                        "default: static, then dynamic from the second size on)")
     p.add_argument("--inductor-config", nargs="*", default=[], metavar="KEY=VALUE",
                    help="torch._inductor.config settings, e.g. conv_1x1_as_mm=True coordinate_descent_tuning=True")
     p.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
@@ -485,6 +487,7 @@ def main(argv=None) -> int:
     if args.quick:  # tiny tensors: one thread ($CMLITE_THREADS), see cmlite.threads
         from cmlite.threads import set_small_model_threads
         set_small_model_threads()
+        log("# --quick: a check of this script on a CPU (no compile; bf16 is emulated there): the speeds mean nothing")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     configure_dynamo(args)
