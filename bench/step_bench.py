@@ -330,6 +330,7 @@ def measure(kind, variant, batch, args, device, n_images, flops_per_image, peak_
         tr = make_trainer(kind, args.preset, batch, variant, device, args, n_images)
         fn = step_fn(kind, tr, batch, variant, device)
         rec["build_s"] = time.perf_counter() - t0
+        rec["optimizer"] = f"{type(tr.opt).__name__}(fused={tr.opt.defaults.get('fused')})"
         t0 = time.perf_counter()
         fn()
         sync(device)
