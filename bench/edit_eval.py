@@ -28,7 +28,14 @@ GPU, real runs (folders RUNS/<dataset>-{teacher,cd,ict}; data files in DATA)::
 
     python bench/edit_eval.py --runs /root/runs --data DATA --out bench/out/edit --datasets mnist cifar10
 
-CPU check with tiny runs trained here on the synthetic shapes (1 and 3 channels), about two minutes::
+Cost per data set (two consistency models, defaults): the models' edits ~100k image-evaluations, the
+teacher-ODE baseline ~430k (200 images x 8 calls x 34 evaluations per task), the time search ~260k
+(27 evaluations of 2000 samples per model), plus the classifier's training when it is not cached beside
+the runs yet (the same cache as ``cmlite eval``). Estimated from the networks' FLOPs (2.5 GFLOP per MNIST
+image, 8.5 per CIFAR-10 image), not measured: about 1 minute for MNIST and 2-3 for CIFAR-10 on one H100.
+--n-teacher, --search-n and --search-iters trade time for precision.
+
+CPU check with tiny runs trained here on the synthetic shapes (1 and 3 channels), about a minute::
 
     python bench/edit_eval.py --quick --out /tmp/edit_quick
 """
@@ -154,7 +161,7 @@ def task_list(channels: int) -> list[tuple[str, str, dict]]:
     return tasks
 
 
-def metrics(result, p: E.Problem, labels, clf, idx=None) -> dict:
+def metrics(result, p: E.Problem, labels, clf) -> dict:
     orig = p.original
     r = result.clamp(-1, 1)
     out = {"n": len(r), "psnr": float(E.psnr(r, orig).mean()), "ssim": float(E.ssim(r, orig).mean()),
@@ -425,7 +432,7 @@ def main(argv=None) -> int:
     ap.add_argument("--datasets", nargs="+", default=["mnist", "cifar10"])
     ap.add_argument("--models", nargs="+", default=["cd", "ict"], help="consistency-model runs per data set")
     ap.add_argument("--n", type=int, default=1000, help="held-out images per task (default: %(default)s)")
-    ap.add_argument("--n-teacher", type=int, default=250, dest="n_teacher",
+    ap.add_argument("--n-teacher", type=int, default=200, dest="n_teacher",
                     help="images the teacher-ODE baseline edits, spread over the n (default: %(default)s)")
     ap.add_argument("--baseline-N", type=int, default=18, dest="baseline_N",
                     help="Karras grid points of each teacher ODE solve (default: %(default)s: 34 NFE per call)")
@@ -433,7 +440,7 @@ def main(argv=None) -> int:
                     help="Algorithm 4 time points for inpaint / colorize / superres (default: %(default)s)")
     ap.add_argument("--search-n", type=int, default=2000, dest="search_n",
                     help="samples per FID evaluation of the time search; 0 skips it (default: %(default)s)")
-    ap.add_argument("--search-iters", type=int, default=8, dest="search_iters",
+    ap.add_argument("--search-iters", type=int, default=6, dest="search_iters",
                     help="ternary-search iterations per added time (default: %(default)s)")
     ap.add_argument("--inception", choices=["auto", "yes", "no"], default="auto",
                     help="Inception FID for colorization / stroke (auto: when installed)")

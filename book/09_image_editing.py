@@ -38,18 +38,16 @@
 # **original**.
 
 # %%
-import math
 import os
 import tempfile
 import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 
 from cmlite.image import edit as E
-from cmlite.image.data import load_dataset, synthetic_dataset, to_uint8
+from cmlite.image.data import synthetic_dataset
 from cmlite.image.recipes import Recipe, get_recipe
 from cmlite.image.run import load_data, load_run, sample_images, train
 from cmlite.image.timesearch import OFFICIAL_CIFAR10_TAU, search_times
