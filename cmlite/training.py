@@ -196,7 +196,9 @@ class Trainer:
         self.target = copy.deepcopy(self.model).requires_grad_(False) if schedule is not None else None
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         if cfg.compile:
-            for m in (self.model, self.target, self.ema):
+            if self.device.type == "cuda":
+                torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions
+            for m in (self.model, self.target):  # the EMA is only sampled from: left eager
                 if m is not None:
                     getattr(m, "net", m).compile()
         self.ddp = None

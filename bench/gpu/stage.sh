@@ -33,6 +33,23 @@ case $STAGE in
      for r in cifar10-teacher cifar10-cd cifar10-ict; do E $r --inception yes; done ;;
   d) [ -f bench/edit_eval.py ] && python bench/edit_eval.py ${EDIT_CIFAR_ARGS:-} 2>&1 | tee $L/edit-cifar.log
      [ -f bench/step_bench.py ] && python bench/step_bench.py ${BENCH_ARGS:-} --out $L/bench.json 2>&1 | tee $L/bench.log ;;
+  e) # 2-GPU machine. GPU0: step bench, then scaling on 1 GPU; GPU1: MNIST teacher + CD (pseudo-Huber) + editing;
+     # then the same scaling run on 2 GPUs (torchrun). Each piece has its own time limit.
+     export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 TORCHINDUCTOR_CACHE_DIR=/tmp/ind
+     ( export CUDA_VISIBLE_DEVICES=0
+       timeout 200 python bench/step_bench.py --kinds ct sample --variants fast fp32-eager --batch 512 256 \
+         --time-limit 150 --out $L/bench.json > $L/bench.log 2>&1
+       timeout 50 python bench/step_bench.py --kinds cd --variants fast --batch 512 --time-limit 20 \
+         --out $L/bench_cd.json > $L/bench_cd.log 2>&1
+       STEPS=${SCALE_STEPS:-200} OUT=$L timeout 150 bash bench/scale.sh 1 > $L/scale1.log 2>&1 ) &
+     ( export CUDA_VISIBLE_DEVICES=1
+       T mnist-teacher --minutes ${MT:-2.5}
+       T mnist-cd --teacher $R/mnist-teacher --minutes ${MC:-2.5} --set distance=pseudo_huber
+       timeout 100 python bench/edit_eval.py --runs $R --data $S --out $L/edit --datasets mnist --models cd \
+         --inception no > $L/edit.log 2>&1 ) &
+     wait
+     STEPS=${SCALE_STEPS:-200} OUT=$L timeout 100 bash bench/scale.sh 2 > $L/scale2.log 2>&1
+     OUT=$L bash bench/scale.sh report > $L/scale_report.log 2>&1; tail -5 $L/*.log ;;
   smoke) T tiny-ict --steps 50 --set train.device=cuda train.precision=bf16 train.compile=True ;;
 esac
 echo "=== stage $STAGE done $(date +%T)"

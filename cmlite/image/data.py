@@ -402,7 +402,7 @@ class GPUBatches:
         if state["n"] != self.n or state["global_batch"] != self.global_batch:
             raise ValueError(f"state for n={state['n']}, global batch {state['global_batch']}; "
                              f"this has n={self.n}, global batch {self.global_batch}")
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())
         self._perm = None if state["perm"] is None else state["perm"].to(self.device)
         self._pos, self._epochs = state["pos"], state["epochs"]
 
