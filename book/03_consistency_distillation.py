@@ -414,4 +414,5 @@ plt.show()
 #   target (CT, Chapter 5) it collapses the model.
 # * With a learned teacher the recipe is the same; the student inherits the teacher's errors.
 #
-# **Next:** consistency *training* (CT) removes the teacher altogether.
+# **Next:** consistency *training* (CT) removes the teacher altogether. (Where the grid goes to $N \to \infty$,
+# continuous-time CD and CT, and the follow-ups iCT, ECT and sCM: Chapter 5, Section 7.)
