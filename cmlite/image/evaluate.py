@@ -37,9 +37,11 @@ def get_classifier(recipe: Recipe, train: ImageData, test: ImageData | None, cac
         return load_classifier(path, device)
     if test is None:  # no test split: hold out 5000 training images (or 10%) for the accuracy
         train, test = train.split(min(5000, len(train) // 10), seed=0)
-    steps = steps or (60 if recipe.dataset == "synthetic" else 2000 if train.channels == 1 else 4000)
+    tiny = recipe.dataset == "synthetic"  # the project's own shapes (tests, CPU): a small, quick classifier
+    steps = steps or (60 if tiny else 2000 if train.channels == 1 else 4000)
     t0 = time.monotonic()
-    model, acc = train_classifier(train, test, steps=steps, device=device, seed=0)
+    model, acc = train_classifier(train, test, steps=steps, device=device, seed=0,
+                                  **(dict(batch_size=128, width=16) if tiny else {}))
     info = {"test_accuracy": acc, "steps": steps, "train_seconds": time.monotonic() - t0, "n_test": len(test)}
     cache.mkdir(parents=True, exist_ok=True)
     save_classifier(model, path, **info)
