@@ -5,11 +5,18 @@
 #   b: stash the second half of the Inception weights (sha1 checked); evaluate the MNIST runs; MNIST editing
 #   c: CIFAR-10: train cifar10-teacher, cifar10-cd, cifar10-ict; evaluate them
 #   d: CIFAR-10 editing and time search; the step benchmark
+#   e: (2-GPU machine) step bench + MNIST teacher/CD + MNIST editing in parallel, then 2-GPU scaling
+#   train NAME [args]  /  eval NAME [args]: one recipe per call (e.g. `train cifar10-ict --minutes 9`),
+#      for 10-minute runs; the runs stay in /root/runs while the machine is warm (30 s after a call).
+# Lessons of 2026-11-26: compiling a U-Net takes 50-100 s of each run's budget (cifar10-small ~100 s with
+# data decoding), and the step bench's dynamic-batch compile of the 55.7M net needs more than 150 s:
+# give it `--dynamic static --batch 512` and a slot of >= 5 minutes.
 # Everything a stage produced is packed into $OUT/<stage>.tgz (logs, JSON, PNG grids; no weights).
 set -uo pipefail
 STAGE=$1; shift
+[ "$STAGE" = train ] || [ "$STAGE" = eval ] && L_SUFFIX=-$1 || L_SUFFIX=
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 CMLITE_DATA=/root/stash CMLITE_INCEPTION=/root/stash/default_1.pt
-S=/root/stash R=/root/runs L=/root/logs/$STAGE
+S=/root/stash R=/root/runs L=/root/logs/$STAGE$L_SUFFIX
 mkdir -p $S $R $L
 pack() { (cd /root && tar czf $OUT/$STAGE.tgz --exclude='*.pt' --exclude='*.safetensors' --exclude='*.npz' logs runs 2>/dev/null); ls -la $OUT; }
 trap pack EXIT
@@ -49,7 +56,10 @@ case $STAGE in
          --inception no > $L/edit.log 2>&1 ) &
      wait
      STEPS=${SCALE_STEPS:-200} OUT=$L timeout 100 bash bench/scale.sh 2 > $L/scale2.log 2>&1
-     OUT=$L bash bench/scale.sh report > $L/scale_report.log 2>&1; tail -5 $L/*.log ;;
+     OUT=$L bash bench/scale.sh report > $L/scale_report.log 2>&1; for f in $L/*.log; do tail -n 5 "$f"; done ;;
+  train) T "$@" ;;
+  eval) E "$@" --inception ${INCEPTION:-auto} ;;
+  bench) python bench/step_bench.py --dynamic static --batch 512 --out $L/bench.json "$@" 2>&1 | tee $L/bench.log ;;
   smoke) T tiny-ict --steps 50 --set train.device=cuda train.precision=bf16 train.compile=True ;;
 esac
 echo "=== stage $STAGE done $(date +%T)"
