@@ -176,3 +176,20 @@ def test_fast_step_matches_fp32_eager_step(recipe_name):
     assert losses[1] == pytest.approx(losses[0], rel=3e-2), losses
     # the gradient (what the optimiser gets), as a whole: relative L2 difference
     assert float((grads[1] - grads[0]).norm() / grads[0].norm()) < 5e-2
+
+
+def test_sample_grid_callback_writes_the_ema_samples(tmp_path):
+    from PIL import Image
+    from cmlite.image.callbacks import SampleGrid
+    tr = _trainer(steps=4)
+    grid = SampleGrid((1, 16, 16), n=6, nrow=3, path=tmp_path / "g.png", show=False)
+    tr.fit(progress=False, callback=grid, callback_every=2)
+    im = np.asarray(Image.open(tmp_path / "g.png"))
+    assert im.shape[:2] == tuple(grid.last.shape[1:]) and grid.last.dtype == torch.uint8
+    # the grid is the EMA network's one-step samples for the grid's fixed noise
+    from cmlite.image.data import to_uint8
+    from cmlite.sampling import multistep_sample
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        expected = to_uint8(multistep_sample(tr.ema, 80.0 * torch.randn((6, 1, 16, 16), generator=g), [80.0]))
+    assert torch.equal(grid.images(tr.ema, tr.device), expected)
