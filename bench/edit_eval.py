@@ -53,7 +53,7 @@ import torch
 from cmlite.image import edit as E
 from cmlite.image.data import ImageData, load_dataset, make_grid, save_png, synthetic_dataset, to_uint8
 from cmlite.image.recipes import Recipe, get_recipe
-from cmlite.image.run import load_data, load_run, train
+from cmlite.image.run import load_data, load_run, load_train_test, train
 
 ROW_NAMES = {"observed": "observed input", "teacher_ode": "teacher ODE", "naive": "naive", "original": "original"}
 
@@ -84,11 +84,12 @@ class Timer:
 _DATA: dict = {}
 
 
-def data_split(recipe: Recipe, root, split: str) -> ImageData:
-    """load_data, decoded once per process (CIFAR-10's 50k JPEGs take seconds)."""
-    key = (recipe.dataset, str(recipe.net_overrides), str(root), split)
+def data_splits(recipe: Recipe, root) -> tuple[ImageData, ImageData | None]:
+    """load_train_test (train split, test split or None), decoded once per process (CIFAR-10's 50k JPEGs
+    take seconds)."""
+    key = (recipe.dataset, str(recipe.net_overrides), str(root))
     if key not in _DATA:
-        _DATA[key] = load_data(recipe, root, split)
+        _DATA[key] = load_train_test(recipe, root)
     return _DATA[key]
 
 
@@ -125,7 +126,7 @@ def eval_images(dataset: str, recipe: Recipe, data_root, n: int) -> tuple[ImageD
         idx = torch.arange(n) * step
         return test.subset(idx), {"source": f"MNIST test split, every {step}th image ({n})", "in_training_set": False,
                                   "indices": f"arange({n}) * {step}"}
-    full = data_split(recipe, data_root, "train")
+    full = data_splits(recipe, data_root)[0]
     step = len(full) // n
     idx = torch.arange(n) * step
     return full.subset(idx), {
@@ -145,7 +146,7 @@ def floor_images(dataset: str, recipe: Recipe, data_root, n: int) -> torch.Tenso
         test = load_dataset("mnist", root=data_root, split="test")
         step = len(test) // n
         return test.images[torch.arange(n) * step + step // 2]
-    full = data_split(recipe, data_root, "train")
+    full = data_splits(recipe, data_root)[0]
     step = len(full) // n
     return full.images[torch.arange(n) * step + step // 2]
 
@@ -304,11 +305,7 @@ def evaluate_dataset(ds: str, runs: Path, args, device) -> dict:
         from cmlite.image.evaluate import get_classifier
         from cmlite.image.fid import FIDScorer
         with Timer(device) as tm:
-            train_data = data_split(recipe, data_root, "train")
-            try:
-                test_data = data_split(recipe, data_root, "test")
-            except (FileNotFoundError, ValueError):
-                test_data = None
+            train_data, test_data = data_splits(recipe, data_root)
             clf, clf_info = get_classifier(recipe, train_data, test_data, runs, device)
         log(f"[{ds}] classifier: test accuracy {clf_info.get('test_accuracy')} ({tm.seconds:.1f} s)")
         feat = classifier_features(clf)

@@ -49,7 +49,7 @@ import torch
 from cmlite.image import edit as E
 from cmlite.image.data import synthetic_dataset
 from cmlite.image.recipes import Recipe, get_recipe
-from cmlite.image.run import load_data, load_run, sample_images, train
+from cmlite.image.run import load_run, load_train_test, sample_images, train
 from cmlite.image.timesearch import OFFICIAL_CIFAR10_TAU, search_times
 from cmlite.threads import set_small_model_threads
 
@@ -110,11 +110,7 @@ def real_world(ds: str) -> dict | None:
     from cmlite.image.evaluate import get_classifier
     cm, info = load_run(runs / f"{ds}-cd", DEVICE)
     recipe = Recipe.from_dict(info["recipe"])
-    train_set = load_data(recipe, None, "train")
-    try:
-        test = load_data(recipe, None, "test")
-    except (FileNotFoundError, ValueError):
-        test = None
+    train_set, test = load_train_test(recipe)
     clf, _ = get_classifier(recipe, train_set, test, runs, DEVICE)
     if test is not None:   # MNIST: an evenly spaced subset of the test split
         held_out, note = test.subset(torch.arange(N_METRIC) * (len(test) // N_METRIC)), "test-split images"

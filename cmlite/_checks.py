@@ -56,11 +56,13 @@ def check_N(N: int) -> int:
     return N
 
 
-def check_finite_loss(loss: Tensor, step: int | None = None) -> None:
-    """Raise FloatingPointError with advice if a loss is NaN or infinite."""
-    if not math.isfinite(float(loss.detach())):
+def check_finite_loss(loss, step: int | None = None) -> None:
+    """Raise FloatingPointError with advice if a loss (a number or a 0-d tensor) is NaN or infinite."""
+    value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
+    if not math.isfinite(value):
         where = f" at step {step}" if step is not None else ""
         raise FloatingPointError(
-            f"loss is {float(loss.detach())}{where}. Training diverged: lower the learning rate, enable gradient "
-            "clipping (TrainConfig.grad_clip), check the data for NaN/inf, or turn off mixed precision."
+            f"loss is {value}{where}. Training diverged: lower the learning rate, enable gradient clipping "
+            "(TrainConfig.grad_clip), check the data for NaN/inf, or turn off mixed precision "
+            "(TrainConfig.precision='fp32'). Checkpoints written before this step are intact."
         )

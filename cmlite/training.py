@@ -37,6 +37,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ._checks import check_finite_loss
+
 
 @dataclass
 class TrainConfig:
@@ -278,10 +280,7 @@ class Trainer:
             rec["loss"] = v
             if not math.isfinite(v):
                 self._pending = []
-                raise FloatingPointError(
-                    f"loss is {v} at step {rec['step']}. Training diverged: lower the learning rate, enable "
-                    "gradient clipping (TrainConfig.grad_clip), check the data for NaN/inf, or use "
-                    "precision='fp32'. The last checkpoint written before this step is intact.")
+                check_finite_loss(v, rec["step"])
             if rec["step"] % self.config.log_every == 0:
                 for k in self.history:
                     self.history[k].append(rec[k])

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from ..ode import solve
 from ..parameterization import EDMDenoiser
-from ..sampling import multistep_sample
-from ..schedules import EPS, T_MAX, karras_boundaries
+from ..schedules import T_MAX
 from .data import make_grid, save_png, to_uint8
+from .run import generate
 
 
 class SampleGrid:
@@ -34,11 +33,8 @@ class SampleGrid:
         """The uint8 samples (n, C, H, W) of ``model`` for this grid's fixed noise."""
         g = torch.Generator(device=device).manual_seed(self.seed)
         x = T_MAX * torch.randn((self.n, *self.shape), generator=g, device=device)
-        if isinstance(model, EDMDenoiser):
-            x = solve(lambda y, t: model(y, t, **self.extra_args), x,
-                      karras_boundaries(self.teacher_N, EPS, T_MAX).flip(0), "heun")
-        else:
-            x = multistep_sample(model, x, self.ts or [T_MAX], generator=g, extra_args=self.extra_args)
+        x = generate(model, x, teacher_N=self.teacher_N if isinstance(model, EDMDenoiser) else None,
+                     ts=self.ts or [T_MAX], generator=g, extra_args=self.extra_args)
         return to_uint8(x).cpu()
 
     def __call__(self, trainer) -> None:

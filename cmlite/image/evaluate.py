@@ -23,7 +23,7 @@ from .classifier import classifier_features, load_classifier, save_classifier, t
 from .data import ImageData
 from .fid import FIDScorer
 from .recipes import Recipe
-from .run import load_data, load_run, sample_images, teacher_nfe
+from .run import load_run, load_train_test, sample_images, teacher_nfe
 
 TEACHER_GRIDS = (2, 3, 5, 10, 18)      # Heun on N points: 2, 4, 8, 18, 34 network evaluations
 CM_STEPS = (1, 2)
@@ -67,11 +67,7 @@ def evaluate(run, n: int = 10000, device=None, data_root=None, inception: str = 
     run = Path(run)
     model, info = load_run(run, device)
     recipe = Recipe.from_dict(info["recipe"])
-    train = load_data(recipe, data_root, "train")
-    try:
-        test = load_data(recipe, data_root, "test")
-    except (FileNotFoundError, ValueError):
-        test = None
+    train, test = load_train_test(recipe, data_root)
     cache = Path(cache) if cache else run.parent
     clf, clf_info = get_classifier(recipe, train, test, cache, device)
     scorers = {"classifier": FIDScorer(classifier_features(clf), train.images, device, batch_size=500,

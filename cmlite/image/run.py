@@ -15,10 +15,8 @@ core's model, loss and schedule, :class:`~cmlite.training.Trainer` trains them.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -56,6 +54,16 @@ def load_data(recipe: Recipe, root=None, split: str = "train", download: bool = 
     if recipe.dataset.startswith("folder:"):
         return load_dataset("folder", root=recipe.dataset[len("folder:"):], split=split)
     return load_dataset(recipe.dataset, root=root, split=split, download=download)
+
+
+def load_train_test(recipe: Recipe, root=None) -> tuple[ImageData, ImageData | None]:
+    """The recipe's training split and its test split, or None where the data set has none here
+    (CIFAR-10's JPEG archive holds only the training images)."""
+    train = load_data(recipe, root, "train")
+    try:
+        return train, load_data(recipe, root, "test")
+    except (FileNotFoundError, ValueError):
+        return train, None
 
 
 def _write_json(path: Path, obj) -> None:
@@ -143,9 +151,8 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
         for _ in trainer.steps(n_cal):  # includes compilation
             pass
         t_warm = time.monotonic()
-        for _ in trainer.steps(n_cal):
+        for _ in trainer.steps(n_cal):  # ends with a flush: the losses are read, the device has caught up
             pass
-        trainer.flush()
         if device.type == "cuda":
             torch.cuda.synchronize()
         per_step = (time.monotonic() - t_warm) / n_cal
@@ -196,9 +203,8 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
         save_weights(trainer.ema, out / WEIGHTS)
         _write_json(out / "history.json", trainer.history)
         _write_json(out / RECIPE_FILE, summary)
-        model_ema, info = trainer.ema, summary
-        imgs = sample_images(model_ema, info, 64, steps=1 if recipe.method != "teacher" else 18, device=device,
-                             seed=0)
+        imgs = sample_images(trainer.ema, summary, 64, steps=1 if recipe.method != "teacher" else 18,
+                             device=device, seed=0)
         save_png(out / "samples.png", make_grid(imgs, nrow=8))
     return summary
 
@@ -238,6 +244,17 @@ def teacher_nfe(N: int) -> int:
 
 
 @torch.no_grad()
+def generate(model, x: Tensor, *, teacher_N: int | None = None, ts=None, generator=None,
+             extra_args: dict | None = None) -> Tensor:
+    """From noise ``x = T z``: a teacher's Heun PF-ODE solve on the ``teacher_N``-point Karras grid
+    (2(N - 1) evaluations), or, without ``teacher_N``, consistency sampling (Algorithm 1) at ``ts``."""
+    if teacher_N is not None:
+        extra = extra_args or {}
+        return solve(lambda y, t: model(y, t, **extra), x, karras_boundaries(teacher_N, EPS, T_MAX).flip(0), "heun")
+    return multistep_sample(model, x, ts, generator=generator, extra_args=extra_args)
+
+
+@torch.no_grad()
 def sample_images(model, info: dict, n: int, steps: int = 1, ts=None, batch_size: int = 1000, device="cpu",
                   seed: int = 0, class_labels: Tensor | None = None, precision: str = "bf16") -> Tensor:
     """``n`` uint8 samples (n, C, H, W) from a run's model, in batches.
@@ -263,10 +280,7 @@ def sample_images(model, info: dict, n: int, steps: int = 1, ts=None, batch_size
         extra = {} if not K else {"class_labels": class_labels[i:i + b].to(device)}
         x = T_MAX * torch.randn((b, C, H, W), generator=g, device=device)
         with amp:
-            if recipe["method"] == "teacher":
-                D = (lambda y, t: model(y, t, **extra))
-                x = solve(D, x, karras_boundaries(max(steps, 2), EPS, T_MAX).flip(0), "heun")
-            else:
-                x = multistep_sample(model, x, ts, generator=g, extra_args=extra)
+            x = generate(model, x, teacher_N=max(steps, 2) if recipe["method"] == "teacher" else None, ts=ts,
+                         generator=g, extra_args=extra)
         out.append(to_uint8(x.float()).cpu())
     return torch.cat(out)
