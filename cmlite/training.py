@@ -207,7 +207,10 @@ class Trainer:
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.model, device_ids=ids)  # broadcasts rank 0's weights
+            if cfg.compile:  # one graph, as on one GPU (cached compiles are reused); the all-reduce of the
+                torch._dynamo.config.optimize_ddp = False  # gradients then follows the backward pass
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids,  # broadcasts rank 0's weights
+                                               gradient_as_bucket_view=True)
             ema_update(self.ema, self.model, 0.0)
             if self.target is not None:
                 ema_update(self.target, self.model, 0.0)

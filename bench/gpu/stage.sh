@@ -6,6 +6,7 @@
 #   c: CIFAR-10: train cifar10-teacher, cifar10-cd, cifar10-ict; evaluate them
 #   d: CIFAR-10 editing and time search; the step benchmark
 #   e: (2-GPU machine) step bench + MNIST teacher/CD + MNIST editing in parallel, then 2-GPU scaling
+#   p1..p4: the 2-GPU machine's plan of the second session (see the stages below)
 #   train NAME [args]  /  eval NAME [args]: one recipe per call (e.g. `train cifar10-ict --minutes 9`),
 #      for 10-minute runs; the runs stay in /root/runs while the machine is warm (30 s after a call).
 # Lessons of 2026-11-26: compiling a U-Net takes 50-100 s of each run's budget (cifar10-small ~100 s with
@@ -16,6 +17,8 @@ set -uo pipefail
 STAGE=$1; shift
 [ "$STAGE" = train ] || [ "$STAGE" = eval ] && L_SUFFIX=-$1 || L_SUFFIX=
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 CMLITE_DATA=/root/stash CMLITE_INCEPTION=/root/stash/default_1.pt
+# one compile cache for every run on the machine: runs of the same network and batch reuse its kernels
+export TORCHINDUCTOR_CACHE_DIR=/root/inductor NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 S=/root/stash R=/root/runs L=/root/logs/$STAGE$L_SUFFIX
 mkdir -p $S $R $L
 pack() { (cd /root && tar czf $OUT/$STAGE.tgz --exclude='*.pt' --exclude='*.safetensors' --exclude='*.npz' logs runs 2>/dev/null); ls -la $OUT; }
@@ -57,6 +60,41 @@ case $STAGE in
      wait
      STEPS=${SCALE_STEPS:-200} OUT=$L timeout 100 bash bench/scale.sh 2 > $L/scale2.log 2>&1
      OUT=$L bash bench/scale.sh report > $L/scale_report.log 2>&1; for f in $L/*.log; do tail -n 5 "$f"; done ;;
+  # The 2-GPU machine, four calls fired back to back (carry: p1 .gpu/c .gpu/e; p2 .gpu/a; p3 .gpu/b; p4 none).
+  # Each recipe trains on one H100 of its own; evaluation shares a GPU (no timing there); the step bench
+  # has GPU 1 to itself, the scaling runs the whole machine.
+  p1) G0() { export CUDA_VISIBLE_DEVICES=0; T cifar10-teacher --minutes ${CT_:-5.5}; }
+      G1() { export CUDA_VISIBLE_DEVICES=1; T cifar10-ict --minutes ${CI:-5.5}; }
+      G0 > $L/gpu0.log 2>&1 & G1 > $L/gpu1.log 2>&1 & wait; tail -n 4 $L/train-*.log ;;
+  p2) G0() { export CUDA_VISIBLE_DEVICES=0; T cifar10-cd --teacher $R/cifar10-teacher --minutes ${CC:-5.5}; }
+      G1() { export CUDA_VISIBLE_DEVICES=1
+             T mnist-teacher --minutes ${MT:-1.8}
+             T mnist-cd --teacher $R/mnist-teacher --minutes ${MC:-1.7}
+             T mnist-ict --minutes ${MI:-1.7}
+             T mnist-ct --minutes ${MCT:-1.3}; }
+      G0 > $L/gpu0.log 2>&1 & G1 > $L/gpu1.log 2>&1 & wait; tail -n 4 $L/train-*.log ;;
+  p3) A() { export CUDA_VISIBLE_DEVICES=0
+            python -m cmlite sample $R/mnist-ct --steps 2 --n 64 --out $L/mnist-ct-samples.npz 2>&1 | tail -n 3
+            for r in mnist-teacher mnist-cd mnist-ict mnist-ct; do E $r --inception yes; done
+            timeout ${EDIT_S:-240} python bench/edit_eval.py --runs $R --data $S --out $L/edit-mnist \
+              --datasets mnist --models cd ict ct > $L/edit-mnist.log 2>&1; }
+      B() { export CUDA_VISIBLE_DEVICES=0
+            for r in cifar10-teacher cifar10-cd cifar10-ict; do E $r --inception yes; done
+            timeout ${EDIT_S:-240} python bench/edit_eval.py --runs $R --data $S --out $L/edit-cifar10 \
+              --datasets cifar10 --models cd ict > $L/edit-cifar10.log 2>&1; }
+      C() { export CUDA_VISIBLE_DEVICES=1
+            timeout ${BENCH_S:-330} python bench/step_bench.py --dynamic static --batch 512 --kinds ct sample cd \
+              --variants fast fp32-eager --time-limit ${BENCH_LIMIT:-260} --out $L/bench.json > $L/bench.log 2>&1; }
+      A > $L/a.log 2>&1 & B > $L/b.log 2>&1 & C > $L/c.log 2>&1 & wait
+      for f in $L/*.log; do echo "--- $f"; tail -n 6 "$f"; done ;;
+  p4) # weak scaling (512 per GPU: the graphs of p1's cifar10-ict, compiled already), then strong (512 in all)
+      export RECIPE=cifar10-ict STEPS=${SCALE_STEPS:-300} OUT=$L
+      PER_GPU=1 RUNS=/root/scale-weak timeout 200 bash bench/scale.sh 2 > $L/scale-weak2.log 2>&1
+      PER_GPU=1 RUNS=/root/scale-weak timeout 150 bash bench/scale.sh 1 > $L/scale-weak1.log 2>&1
+      cp $L/scale.json $L/scale-weak.json 2>/dev/null
+      RUNS=/root/scale-strong timeout ${STRONG_S:-150} bash bench/scale.sh 2 > $L/scale-strong2.log 2>&1
+      cp /root/scale-weak/g1 -r /root/scale-strong/ 2>/dev/null; RUNS=/root/scale-strong bash bench/scale.sh report > $L/scale-strong.log 2>&1
+      for f in $L/*.log; do echo "--- $f"; tail -n 8 "$f"; done ;;
   train) T "$@" ;;
   eval) E "$@" --inception ${INCEPTION:-auto} ;;
   bench) python bench/step_bench.py --dynamic static --batch 512 --out $L/bench.json "$@" 2>&1 | tee $L/bench.log ;;
