@@ -9,9 +9,15 @@
 #   p1..p4: the 2-GPU machine's plan of the second session (see the stages below)
 #   train NAME [args]  /  eval NAME [args]: one recipe per call (e.g. `train cifar10-ict --minutes 9`),
 #      for 10-minute runs; the runs stay in /root/runs while the machine is warm (30 s after a call).
+# Minutes per run: MIN_MNIST_TEACHER, MIN_MNIST_CD, MIN_MNIST_ICT, MIN_MNIST_CT, MIN_CIFAR_TEACHER, MIN_CIFAR_CD,
+# MIN_CIFAR_ICT (never short names such as CC or CI: the machine sets CC to its C compiler, CI systems set CI).
 # Lessons of 2026-11-26: compiling a U-Net takes 50-100 s of each run's budget (cifar10-small ~100 s with
 # data decoding), and the step bench's dynamic-batch compile of the 55.7M net needs more than 150 s:
 # give it `--dynamic static --batch 512` and a slot of >= 5 minutes.
+# Lessons of the second session (2-GPU machine, p1-p4): a cold compile costs 60-140 s per run, a warm cache
+# (same network and batch, TORCHINDUCTOR_CACHE_DIR kept) 25-30 s, so a 1.8-minute MNIST run trains for
+# ~20 s; p3 (seven evaluations + two editing benches + the step bench) needs more than 8 minutes: give the
+# step bench its own call; fire the next call at once (the machine goes back 30 s after a call).
 # Everything a stage produced is packed into $OUT/<stage>.tgz (logs, JSON, PNG grids; no weights).
 set -uo pipefail
 STAGE=$1; shift
@@ -21,7 +27,8 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 CMLITE_DATA=/root/stash CMLITE_INCEPTI
 export TORCHINDUCTOR_CACHE_DIR=/root/inductor NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 S=/root/stash R=/root/runs L=/root/logs/$STAGE$L_SUFFIX
 mkdir -p $S $R $L
-pack() { (cd /root && tar czf $OUT/$STAGE.tgz --exclude='*.pt' --exclude='*.safetensors' --exclude='*.npz' logs runs 2>/dev/null); ls -la $OUT; }
+DEST=$OUT  # the device tool's output folder (scale.sh below reuses the name OUT for its own)
+pack() { (cd /root && tar czf $DEST/$STAGE.tgz --exclude='*.pt' --exclude='*.safetensors' --exclude='*.npz' logs runs 2>/dev/null); ls -la $DEST; }
 trap pack EXIT
 for d in .gpu/*/; do cp -n $d* $S/ 2>/dev/null; done
 if [ -f $S/inc_aa ] && [ -f $S/inc_ab ] && [ ! -f $S/default_1.pt ]; then
@@ -32,14 +39,14 @@ python -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
 T() { local name=$1; shift; echo "=== train $name $(date +%T)"; python -m cmlite train $name --out $R/$name "$@" 2>&1 | tr '\r' '\n' | grep -v '^\s*$' | awk 'NR%20==1 || /Error|error|Traceback|steps,/' | tee $L/train-$name.log; }
 E() { local name=$1; shift; echo "=== eval $name $(date +%T)"; python -m cmlite eval $R/$name --cache $R "$@" 2>&1 | tee $L/eval-$name.log; }
 case $STAGE in
-  a) T mnist-teacher --minutes ${MT:-2.5}
-     T mnist-cd --teacher $R/mnist-teacher --minutes ${MC:-2.5}
-     T mnist-ict --minutes ${MI:-3} ;;
+  a) T mnist-teacher --minutes ${MIN_MNIST_TEACHER:-2.5}
+     T mnist-cd --teacher $R/mnist-teacher --minutes ${MIN_MNIST_CD:-2.5}
+     T mnist-ict --minutes ${MIN_MNIST_ICT:-3} ;;
   b) for r in mnist-teacher mnist-cd mnist-ict; do E $r --inception yes; done
      [ -f bench/edit_eval.py ] && python bench/edit_eval.py ${EDIT_MNIST_ARGS:-} 2>&1 | tee $L/edit-mnist.log ;;
-  c) T cifar10-teacher --minutes ${CT_:-3}
-     T cifar10-cd --teacher $R/cifar10-teacher --minutes ${CC:-2}
-     T cifar10-ict --minutes ${CI:-2.5}
+  c) T cifar10-teacher --minutes ${MIN_CIFAR_TEACHER:-3}
+     T cifar10-cd --teacher $R/cifar10-teacher --minutes ${MIN_CIFAR_CD:-2}
+     T cifar10-ict --minutes ${MIN_CIFAR_ICT:-2.5}
      for r in cifar10-teacher cifar10-cd cifar10-ict; do E $r --inception yes; done ;;
   d) [ -f bench/edit_eval.py ] && python bench/edit_eval.py ${EDIT_CIFAR_ARGS:-} 2>&1 | tee $L/edit-cifar.log
      [ -f bench/step_bench.py ] && python bench/step_bench.py ${BENCH_ARGS:-} --out $L/bench.json 2>&1 | tee $L/bench.log ;;
@@ -53,8 +60,8 @@ case $STAGE in
          --out $L/bench_cd.json > $L/bench_cd.log 2>&1
        STEPS=${SCALE_STEPS:-200} OUT=$L timeout 150 bash bench/scale.sh 1 > $L/scale1.log 2>&1 ) &
      ( export CUDA_VISIBLE_DEVICES=1
-       T mnist-teacher --minutes ${MT:-2.5}
-       T mnist-cd --teacher $R/mnist-teacher --minutes ${MC:-2.5} --set distance=pseudo_huber
+       T mnist-teacher --minutes ${MIN_MNIST_TEACHER:-2.5}
+       T mnist-cd --teacher $R/mnist-teacher --minutes ${MIN_MNIST_CD:-2.5} --set distance=pseudo_huber
        timeout 100 python bench/edit_eval.py --runs $R --data $S --out $L/edit --datasets mnist --models cd \
          --inception no > $L/edit.log 2>&1 ) &
      wait
@@ -63,15 +70,15 @@ case $STAGE in
   # The 2-GPU machine, four calls fired back to back (carry: p1 .gpu/c .gpu/e; p2 .gpu/a; p3 .gpu/b; p4 none).
   # Each recipe trains on one H100 of its own; evaluation shares a GPU (no timing there); the step bench
   # has GPU 1 to itself, the scaling runs the whole machine.
-  p1) G0() { export CUDA_VISIBLE_DEVICES=0; T cifar10-teacher --minutes ${CT_:-5.5}; }
-      G1() { export CUDA_VISIBLE_DEVICES=1; T cifar10-ict --minutes ${CI:-5.5}; }
+  p1) G0() { export CUDA_VISIBLE_DEVICES=0; T cifar10-teacher --minutes ${MIN_CIFAR_TEACHER:-5.5}; }
+      G1() { export CUDA_VISIBLE_DEVICES=1; T cifar10-ict --minutes ${MIN_CIFAR_ICT:-5.5}; }
       G0 > $L/gpu0.log 2>&1 & G1 > $L/gpu1.log 2>&1 & wait; tail -n 4 $L/train-*.log ;;
-  p2) G0() { export CUDA_VISIBLE_DEVICES=0; T cifar10-cd --teacher $R/cifar10-teacher --minutes ${CC:-5.5}; }
+  p2) G0() { export CUDA_VISIBLE_DEVICES=0; T cifar10-cd --teacher $R/cifar10-teacher --minutes ${MIN_CIFAR_CD:-5.5}; }
       G1() { export CUDA_VISIBLE_DEVICES=1
-             T mnist-teacher --minutes ${MT:-1.8}
-             T mnist-cd --teacher $R/mnist-teacher --minutes ${MC:-1.7}
-             T mnist-ict --minutes ${MI:-1.7}
-             T mnist-ct --minutes ${MCT:-1.3}; }
+             T mnist-teacher --minutes ${MIN_MNIST_TEACHER:-1.8}
+             T mnist-cd --teacher $R/mnist-teacher --minutes ${MIN_MNIST_CD:-1.7}
+             T mnist-ict --minutes ${MIN_MNIST_ICT:-1.7}
+             T mnist-ct --minutes ${MIN_MNIST_CT:-1.3}; }
       G0 > $L/gpu0.log 2>&1 & G1 > $L/gpu1.log 2>&1 & wait; tail -n 4 $L/train-*.log ;;
   p3) A() { export CUDA_VISIBLE_DEVICES=0
             python -m cmlite sample $R/mnist-ct --steps 2 --n 64 --out $L/mnist-ct-samples.npz 2>&1 | tail -n 3
@@ -88,7 +95,7 @@ case $STAGE in
       A > $L/a.log 2>&1 & B > $L/b.log 2>&1 & C > $L/c.log 2>&1 & wait
       for f in $L/*.log; do echo "--- $f"; tail -n 6 "$f"; done ;;
   p4) # weak scaling (512 per GPU: the graphs of p1's cifar10-ict, compiled already), then strong (512 in all)
-      export RECIPE=cifar10-ict STEPS=${SCALE_STEPS:-300} OUT=$L
+      export RECIPE=cifar10-ict STEPS=${SCALE_STEPS:-300} OUT=$L  # scale.sh writes scale.json there
       PER_GPU=1 RUNS=/root/scale-weak timeout 200 bash bench/scale.sh 2 > $L/scale-weak2.log 2>&1
       PER_GPU=1 RUNS=/root/scale-weak timeout 150 bash bench/scale.sh 1 > $L/scale-weak1.log 2>&1
       cp $L/scale.json $L/scale-weak.json 2>/dev/null
