@@ -478,6 +478,8 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true",
                    help="also profile 2 calls per configuration (torch.profiler): top kernels, time by kernel class")
     p.add_argument("--strict", action="store_true", help="raise on the first failing configuration")
+    p.add_argument("--flops-only", action="store_true", dest="flops_only",
+                   help="count the FLOPs per image of --kinds and stop (no timing; works on a CPU)")
     p.add_argument("--out", default=None, help="JSON file (rewritten after every configuration)")
     args = p.parse_args(argv)
     if args.quick:
@@ -524,6 +526,8 @@ def main(argv=None) -> int:
         res["flops_per_image"][kind], res["flop_ops"][kind] = fl, ops
         log(f"# FLOPs per image, {kind}: {fl / 1e9:.2f} GFLOP (FlopCounterMode, {time.perf_counter() - t0:.1f} s)")
     write()
+    if args.flops_only:
+        return 0
 
     for batch in args.batch:
         for kind in args.kinds:
