@@ -99,6 +99,12 @@ class Recipe:
         return Recipe.from_dict(d)
 
 
+#: The CD student trains without dropout, as in the official code's CD commands (``--dropout 0.0``, with
+#: ``--teacher_dropout 0.1`` for the teacher, which is only evaluated): with mu = 0 the target is the online
+#: network itself, and dropout there would add mask noise to every target.
+CD_STUDENT = {"dropout": 0.0}
+
+
 def _gpu(**kw) -> TrainConfig:
     base = dict(device="cuda", precision="bf16", channels_last=True, compile=True, log_every=100,
                 optimizer="radam", ema_warmup=True)
@@ -115,7 +121,7 @@ def _recipes() -> dict[str, Recipe]:
         add(f"{ds}-teacher", ds, "teacher", "mnist", _gpu(steps=30000, batch_size=256, lr=1e-3, ema_rate=0.999,
                                                           warmup_steps=200, optimizer="adam"), minutes=4)
         add(f"{ds}-cd", ds, "cd", "mnist", _gpu(steps=20000, batch_size=256, lr=2e-4, ema_rate=0.999),
-            minutes=4)
+            minutes=4, net_overrides=dict(CD_STUDENT))
         add(f"{ds}-ct", ds, "ct", "mnist", _gpu(steps=20000, batch_size=256, lr=4e-4, ema_rate=0.999),
             distance="pseudo_huber", s1=150, minutes=8)
         add(f"{ds}-ict", ds, "ict", "mnist", _gpu(steps=20000, batch_size=256, lr=4e-4, ema_rate=0.999),
@@ -125,7 +131,7 @@ def _recipes() -> dict[str, Recipe]:
     add("cifar10-teacher", "cifar10", "teacher", train=_gpu(steps=100000, batch_size=512, lr=1e-3, ema_rate=0.999,
                                                             warmup_steps=500, optimizer="adam"), minutes=5, **cifar)
     add("cifar10-cd", "cifar10", "cd", train=_gpu(steps=20000, batch_size=512, lr=2e-4, ema_rate=0.999),
-        minutes=4, **cifar)
+        minutes=4, net_overrides=dict(CD_STUDENT), **cifar)
     add("cifar10-ct", "cifar10", "ct", train=_gpu(steps=20000, batch_size=512, lr=4e-4, ema_rate=0.999),
         distance="pseudo_huber", minutes=9, **cifar)
     add("cifar10-ict", "cifar10", "ict", train=_gpu(steps=20000, batch_size=512, lr=4e-4, ema_rate=0.999),
