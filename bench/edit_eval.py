@@ -337,6 +337,11 @@ def evaluate_dataset(ds: str, runs: Path, args, device) -> dict:
         result["accuracy_originals"] = E.classifier_accuracy(clf, x, labels)
         result["accuracy_originals_teacher_subset"] = E.classifier_accuracy(clf, x[t_idx], labels[t_idx])
 
+    partial = Path(args.out) / f"edit_{ds}.partial.json"
+
+    def save_partial():  # after every task and search: a run cut off by a time limit keeps what it finished
+        partial.write_text(json.dumps(result, indent=1, default=str))
+
     blocks = {}
     ts = E.edit_times(args.steps)
     for name, task, kw in task_list(C):
@@ -379,6 +384,7 @@ def evaluate_dataset(ds: str, runs: Path, args, device) -> dict:
         result["tasks"][name] = entry
         blocks[name] = ([lab for lab, _ in rows], task_block(rows, C))
         save_png(Path(args.out) / f"edit_{ds}_{name}.png", blocks[name][1])
+        save_partial()
 
     # interpolation: a figure (one network evaluation per image; the teacher: an ODE solve from T)
     z = E.interpolation_noise(3, (C, H, W), seed=5, device=device)
@@ -408,6 +414,7 @@ def evaluate_dataset(ds: str, runs: Path, args, device) -> dict:
             s["floor"] = search_scorer.floor(args.search_n)["fid"]
             s["recipe_two_step_tau"] = info["recipe"].get("two_step_tau")
             result["time_search"][m] = s
+            save_partial()
             log(f"[{ds}] time search {m}: times {[round(t, 4) for t in s['times']]} FID {[round(v, 3) for v in s['fid']]} "
                 f"(official 0.585: {s['official']['fid']:.3f}; floor {s['floor']:.3f}; {s['seconds']:.1f} s)")
         result["seconds"]["time_search"] = time.monotonic() - t0
@@ -469,6 +476,7 @@ def main(argv=None) -> int:
         log(f"[{ds}] evaluating on {device}")
         res = evaluate_dataset(ds, runs, args, device)
         (out / f"edit_{ds}.json").write_text(json.dumps(res, indent=1, default=str))
+        (out / f"edit_{ds}.partial.json").unlink(missing_ok=True)
         md = markdown(res)
         (out / f"edit_{ds}.md").write_text(md)
         print(md, flush=True)

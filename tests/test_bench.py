@@ -40,3 +40,30 @@ def test_quick_self_check_measures_every_kind_and_variant(tmp_path):
     assert done == {(k, v) for k in ("ct", "ict", "cd", "sample") for v in ("fp32-eager", "fast")}
     for r in res["results"]:
         assert r["images_per_s"] > 0 and r["s_per_step"] > 0
+
+
+EDIT_SCRIPT = ROOT / "bench" / "edit_eval.py"
+
+
+def test_edit_bench_quick_runs_every_task_and_search(tmp_path):
+    """bench/edit_eval.py --quick: tiny runs trained on the spot, every editing task with the consistency
+    models, the teacher-ODE baseline and the naive one; the linear operators keep the known part to float32
+    rounding (Algorithm 4 puts A y back exactly; 1e-5 on images in [-1, 1]); a time search per model."""
+    subprocess.run([sys.executable, str(EDIT_SCRIPT), "--quick", "--out", str(tmp_path)], check=True, cwd=ROOT,
+                   capture_output=True, timeout=300)
+    res = json.loads((tmp_path / "edit_synthetic-rgb.json").read_text())
+    assert set(res["tasks"]) >= {"inpaint-box", "inpaint-half", "inpaint-free", "colorize", "superres-x2",
+                                 "superres-x4", "stroke", "denoise-0.5"}
+    for name, entry in res["tasks"].items():
+        assert {"cd", "ict", "teacher_ode", "naive"} <= set(entry["methods"]), name
+        if name.startswith(("inpaint", "colorize", "superres")):
+            for m in ("cd", "ict", "teacher_ode"):
+                assert entry["methods"][m]["known_part_error"] < 1e-5, (name, m)
+    assert set(res["time_search"]) == {"cd", "ict"}
+    assert not list(tmp_path.glob("*.partial.json"))  # the finished file replaces the partial one
+
+
+def test_edit_bench_refuses_an_empty_teacher_subset(tmp_path):
+    r = subprocess.run([sys.executable, str(EDIT_SCRIPT), "--quick", "--n-teacher", "0", "--out", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--n-teacher must be at least 1" in r.stderr
