@@ -144,6 +144,11 @@ def test_cli_train_resume_sample_eval(tmp_path):
     res = json.loads(_cli("eval", "runs/cd", "--n", "48", "--inception", "no", "--json", cwd=tmp_path))
     assert [r["nfe"] for r in res["rows"]] == [1, 2]
     assert all(r["fid_classifier"] > 0 and r["floor_classifier"] >= 0 for r in res["rows"])
+    # several runs in one call share the data set's classifier and reference statistics: same numbers
+    both = json.loads(_cli("eval", "runs/t", "runs/cd", "--n", "48", "--inception", "no", "--json", cwd=tmp_path))
+    assert [b["recipe"] for b in both] == ["tiny-teacher", "tiny-cd"]
+    assert [r["nfe"] for r in both[0]["rows"]] == [2, 4, 8, 18, 34]
+    assert [r["fid_classifier"] for r in both[1]["rows"]] == [r["fid_classifier"] for r in res["rows"]]
 
 
 @pytest.mark.parametrize("recipe_name", ["tiny-teacher", "tiny-ct", "tiny-cd"])

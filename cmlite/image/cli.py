@@ -46,7 +46,8 @@ def add_image_commands(sub) -> None:
     s.add_argument("--device", help="cuda or cpu (default: cuda when available)")
 
     e = sub.add_parser("eval", help="FIDs of a run's samplers (Inception and in-project classifier) with floors")
-    e.add_argument("run", help="a run folder made by `cmlite train`")
+    e.add_argument("run", nargs="+", help="run folders made by `cmlite train` (runs of one data set share its "
+                                          "classifier and reference statistics)")
     e.add_argument("--n", type=int, default=10000, help="samples per sampler (default: %(default)s)")
     e.add_argument("--inception", choices=["auto", "yes", "no"], default="auto",
                    help="Inception FID: auto = when the fid extra is installed (default: %(default)s)")
@@ -122,10 +123,13 @@ def _sample(args) -> int:
 
 
 def _eval(args) -> int:
-    from .evaluate import evaluate, format_table
-    result = evaluate(args.run, n=args.n, device=args.device, data_root=args.data, inception=args.inception,
-                      cache=args.cache, progress=not args.json)
-    print(json.dumps(result, indent=1, default=str) if args.json else format_table(result))
+    from .evaluate import evaluate_runs, format_table
+    results = evaluate_runs(args.run, n=args.n, device=args.device, data_root=args.data, inception=args.inception,
+                            cache=args.cache, progress=not args.json)
+    if args.json:
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=1, default=str))
+    else:
+        print("\n\n".join(format_table(r) for r in results))
     return 0
 
 

@@ -57,30 +57,42 @@ def samplers(info: dict) -> list[dict]:
             {"name": f"2-step (tau={tau})", "steps": 2, "nfe": 2, "ts": [80.0, tau]}]
 
 
-def evaluate(run, n: int = 10000, device=None, data_root=None, inception: str = "auto", cache=None,
-             batch_size: int = 1000, seed: int = 0, extra_samplers: list[dict] | None = None,
-             progress: bool = True) -> dict:
-    """Score every sampler of ``run`` (see the module docstring); write ``run/eval.json`` and return it.
-
-    inception: 'auto' (use it when installed), 'yes' (error when missing) or 'no'."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    run = Path(run)
-    model, info = load_run(run, device)
-    recipe = Recipe.from_dict(info["recipe"])
-    train, test = load_train_test(recipe, data_root)
-    cache = Path(cache) if cache else run.parent
+def make_scorers(recipe: Recipe, train: ImageData, test: ImageData | None, cache: Path, device,
+                 inception: str = "auto") -> tuple[dict, dict]:
+    """The FID scorers of a data set, ``({'classifier': ..., 'inception': ...}, classifier info)``: the
+    reference statistics of the training set are computed here, once (see :func:`evaluate_runs`)."""
     clf, clf_info = get_classifier(recipe, train, test, cache, device)
+    floor_images = None if test is None else test.images
     scorers = {"classifier": FIDScorer(classifier_features(clf), train.images, device, batch_size=500,
-                                       floor_images=None if test is None else test.images)}
+                                       floor_images=floor_images)}
     if inception != "no":
         try:
             from .fid import InceptionFeatures
             scorers["inception"] = FIDScorer(InceptionFeatures(device=device), train.images, device,
-                                             batch_size=250, floor_images=None if test is None else test.images)
+                                             batch_size=250, floor_images=floor_images)
         except (FileNotFoundError, ImportError) as e:
             if inception == "yes":
                 raise
             print(f"[cmlite eval] Inception FID skipped: {e}")
+    return scorers, clf_info
+
+
+def evaluate(run, n: int = 10000, device=None, data_root=None, inception: str = "auto", cache=None,
+             batch_size: int = 1000, seed: int = 0, extra_samplers: list[dict] | None = None,
+             progress: bool = True, scorers: tuple[dict, dict] | None = None) -> dict:
+    """Score every sampler of ``run`` (see the module docstring); write ``run/eval.json`` and return it.
+
+    inception: 'auto' (use it when installed), 'yes' (error when missing) or 'no'. ``scorers``: the
+    ``(scorers, classifier info)`` of :func:`make_scorers` for the run's data set, to share them between
+    runs; by default they are made here."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    run = Path(run)
+    model, info = load_run(run, device)
+    recipe = Recipe.from_dict(info["recipe"])
+    if scorers is None:
+        train, test = load_train_test(recipe, data_root)
+        scorers = make_scorers(recipe, train, test, Path(cache) if cache else run.parent, device, inception)
+    scorers, clf_info = scorers
     result = {"run": str(run), "recipe": recipe.name, "n": n, "classifier": clf_info,
               "train_summary": {k: info.get(k) for k in ("steps", "images_per_second", "images_seen", "device",
                                                           "train_seconds_this_session", "K")},
@@ -104,6 +116,24 @@ def evaluate(run, n: int = 10000, device=None, data_root=None, inception: str = 
     tmp.write_text(json.dumps(result, indent=1, default=str))
     os.replace(tmp, run / "eval.json")
     return result
+
+
+def evaluate_runs(runs, device=None, data_root=None, inception: str = "auto", cache=None, **kw) -> list[dict]:
+    """:func:`evaluate` for several runs; runs of the same data set share its data, classifier and the
+    reference statistics of its training set (computed once: Inception features of 50k-60k images)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    shared, results = {}, []
+    for run in runs:
+        run = Path(run)
+        saved = json.loads((run / "recipe.json").read_text()) if (run / "recipe.json").is_file() else None
+        recipe = Recipe.from_dict(saved["recipe"]) if saved else None  # without it, evaluate() says what is wrong
+        key = (recipe.dataset, tuple(saved.get("shape", ()))) if recipe is not None else None
+        if key is not None and key not in shared:
+            train, test = load_train_test(recipe, data_root)
+            shared[key] = make_scorers(recipe, train, test, Path(cache) if cache else run.parent, device, inception)
+        results.append(evaluate(run, device=device, data_root=data_root, inception=inception, cache=cache,
+                                scorers=shared.get(key), **kw))
+    return results
 
 
 def format_table(result: dict) -> str:
