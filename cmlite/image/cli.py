@@ -99,10 +99,18 @@ def _train(args) -> int:
     if args.steps is not None and args.minutes is not None:
         print("cmlite train: give --minutes or --steps, not both", file=sys.stderr)
         return 2
+    import torch.distributed as dist
     summary = train(recipe, out, data_root=args.data, teacher=args.teacher, minutes=args.minutes,
                     steps=args.steps, resume=args.resume, download=args.download, progress=not args.quiet)
-    print(f"{recipe.name}: {summary['steps']} steps, {summary['images_per_second']:.0f} images/s on "
-          f"{summary['device']}; weights in {out / 'ema.safetensors'}, samples in {out / 'samples.png'}")
+    if not dist.is_initialized() or dist.get_rank() == 0:  # under torchrun: one report, from rank 0
+        steady = summary.get("steady_images_per_second")
+        unit = "processes" if summary["device"] == "cpu" else "GPUs"
+        world = f" x {summary['world_size']} {unit}" if summary.get("world_size", 1) > 1 else ""
+        print(f"{recipe.name}: {summary['steps']} steps, {summary['images_per_second']:.0f} images/s on "
+              f"{summary['device']}{world}" + (f" ({steady:.0f} after start-up)" if steady else "") +
+              f"; weights in {out / 'ema.safetensors'}, samples in {out / 'samples.png'}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return 0
 
 
