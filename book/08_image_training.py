@@ -196,8 +196,63 @@ for name, x in results.items():
 # cmlite train mnist-cd --teacher runs/mnist-teacher --minutes 10
 # cmlite sample runs/mnist-cd --n 64 --steps 2     # runs/mnist-cd/samples-2.npz and .png
 # cmlite eval runs/mnist-cd                        # Inception and classifier FIDs, 10k samples, with floors
+# cmlite train mnist-ict --teacher runs/mnist-teacher --minutes 10   # iCT started from the teacher's weights
 # ```
+#
+# The last line is consistency *training* that starts from the diffusion model instead of from scratch, the
+# idea that ECT (Geng et al., 2024) builds on. ECT also shrinks the gap between the two noise levels as
+# training goes on; iCT's curriculum does the same in steps (its grid starts at N = 10 points and doubles).
+# Whether this beats distillation at a budget of minutes has not been measured here yet.
 #
 # The README's image table lists what these runs measured on an H100. What a short run can and cannot do:
 # the paper trains CD for 800k steps of batch 512 with an LPIPS distance; minutes of training reach
 # recognisable one-step samples, not the paper's FIDs.
+
+# %% [markdown]
+# ## What a few minutes on an H100 gave
+#
+# The runs behind the README's table left their `eval.json` files in `docs/results/`. Each holds, for
+# 10,000 samples, the Fréchet distance to the training set in two feature spaces (Inception-v3 and
+# cmlite's own classifier) and the *floor*: the same distance for real images the model never saw. The
+# plot puts each teacher's FID against its number of network evaluations (Heun on 2 … 18 grid points)
+# and the consistency models' one- and two-step samples beside it. What to look for: the teacher needs
+# 18–34 evaluations to get close to its best; distillation buys the one-step end of that curve, at a
+# price that shrinks with training (these runs had 1–5 minutes; the paper's, days).
+
+# %%
+import json
+from pathlib import Path
+
+RESULTS = Path("..") / "docs" / "results"
+runs, sessions = {}, sorted(p.name for p in RESULTS.glob("gpu-*"))  # one folder per GPU session
+for f in sorted(RESULTS.glob("gpu-*/*/eval.json")):
+    e = json.loads(f.read_text())
+    e["session"] = f.parent.parent.name
+    runs[f"{e['recipe']}, {e['session']}"] = e
+MARKER = {"teacher": "o-", "cd": "s--", "ict": "^--", "ct": "v--"}  # colour: the session; marker: the method
+print(f"{len(runs)} evaluated GPU runs in {RESULTS}")
+
+fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+for row, ds in enumerate(("mnist", "cifar10")):
+    for col, space in enumerate(("inception", "classifier")):
+        ax = axes[row, col]
+        for name, e in runs.items():
+            if not e["recipe"].startswith(ds + "-"):
+                continue
+            nfe = [r["nfe"] for r in e["rows"]]
+            fid = [r[f"fid_{space}"] for r in e["rows"]]
+            ax.plot(nfe, fid, MARKER[e["recipe"].split("-")[-1]], color=f"C{sessions.index(e['session'])}",
+                    label=name)
+        floor = next(e for e in runs.values() if e["recipe"].startswith(ds + "-"))["floors"][space]["fid"]
+        ax.axhline(floor, color="k", lw=0.8, ls=":", label=f"floor {floor:.3g}")
+        ax.set(xscale="log", yscale="log", xlabel="network evaluations per sample", ylabel=f"{space} FID",
+               title=f"{ds}: {space} FID (10k samples)")
+        ax.legend(fontsize=7)
+plt.tight_layout()
+plt.show()
+
+for name, e in runs.items():
+    best = min(e["rows"], key=lambda r: r["fid_inception"])
+    print(f"{name:34s} best Inception FID {best['fid_inception']:7.1f} at {best['nfe']:2d} NFE; "
+          f"classifier FID {best['fid_classifier']:7.2f} (floors {e['floors']['inception']['fid']:.2f}, "
+          f"{e['floors']['classifier']['fid']:.3f})")
