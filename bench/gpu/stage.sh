@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU runs behind the README's image numbers, one stage per device call (each call <= 10 minutes;
-# the device machine keeps files outside the repository between calls while it stays warm):
+# the device machine keeps files outside the repository between calls while it stays warm).
+# First, here: `bash bench/gpu/prepare.sh` builds the .gpu/ folders that the calls carry (data, Inception).
 #   a: stash MNIST + the first half of the Inception weights; train mnist-teacher, mnist-cd, mnist-ict
 #   b: stash the second half of the Inception weights (sha1 checked); evaluate the MNIST runs; MNIST editing
 #   c: CIFAR-10: train cifar10-teacher, cifar10-cd, cifar10-ict; evaluate them
