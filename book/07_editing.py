@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 import cmlite
+from cmlite.image.plots import image_rows
 from cmlite.threads import set_small_model_threads
 from cmlite import EmpiricalDenoiser, GaussianMixture, karras_boundaries, reference_solve, ring_mixture, solve
 from cmlite.editing import (STROKE_TS, Inpaint, KeepCoordinates, SuperResolve, box_mask, colorize, denoise,
@@ -232,27 +233,8 @@ print(f"{len(images)} images ({n_distinct} distinct) of shape {tuple(images.shap
 print("luminance of the 6 colours (0 = black, 1 = white):", [round(float(v), 3) for v in luminance(PALETTE)[:, 0]])
 
 
-def show(rows, title=None, ncols=None):
-    """Image grid: rows = [(label, tensor of shape (n, 3, H, W) in [-1, 1]), ...]."""
-    ncols = ncols or max(len(r[1]) for r in rows)
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.05 * ncols + 1.2, 1.15 * len(rows)), squeeze=False)
-    for i, (label, ims) in enumerate(rows):
-        for j in range(ncols):
-            ax = axes[i, j]
-            ax.set_xticks([]), ax.set_yticks([])
-            for s in ax.spines.values():
-                s.set_visible(False)
-            if j < len(ims):
-                ax.imshow(((ims[j].float().permute(1, 2, 0) + 1) / 2).clamp(0, 1), interpolation="nearest")
-        axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    plt.show()
-
-
 perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-show([("data", images[perm[i * 14:(i + 1) * 14]]) for i in range(3)], "a random sample of the image world")
+image_rows([("data", images[perm[i * 14:(i + 1) * 14]]) for i in range(3)], "a random sample of the image world")
 
 # %%
 D_img = EmpiricalDenoiser(images)
@@ -276,7 +258,7 @@ print(f"Heun with {HEUN_STEPS} steps vs reference_solve (RK4, 400 steps): max pi
 print(f"distance of each generated image to its nearest data image: max {float(nearest.values.max()):.3f} "
       f"(for scale: eps * sqrt(768) = {EPS * math.sqrt(768):.3f}; two different data images are >= "
       f"{float(torch.pdist(images.flatten(1)).min()):.2f} apart)")
-show([("f(T z, T)", x_gen), ("nearest data", images[nearest.indices])], "one-step generation with the exact consistency function")
+image_rows([("f(T z, T)", x_gen), ("nearest data", images[nearest.indices])], "one-step generation with the exact consistency function")
 
 # %% [markdown]
 # One evaluation of $f$ at $t = T$ turns noise into one of the 420 images — exactly a data image, up to
@@ -323,8 +305,8 @@ inp = [inpaint(f_img, refs, mask, EDIT_TS, generator=gen(s)) for s in (3, 4, 5)]
 print(f"inpainting: kept pixels reproduced to {kept_error(op, inp[0], refs):.1e}; "
       f"reference recovered in {recovered(inp[0]):.0%} of {B_IMG} cases (first noise seed); "
       f"mean squared error inside the box {float(((inp[0] - refs) ** 2 * mask).sum() / (mask.sum() * 3 * B_IMG)):.4f}")
-show([("reference", refs), ("input", refs * (1 - mask)), ("inpainted", inp[0]), ("seed 2", inp[1]), ("seed 3", inp[2])],
-     "inpainting: generate the centre box")
+image_rows([("reference", refs), ("input", refs * (1 - mask)), ("inpainted", inp[0]), ("seed 2", inp[1]), ("seed 3", inp[2])],
+           "inpainting: generate the centre box")
 
 # %% [markdown]
 # ## 6. Colorization
@@ -338,8 +320,8 @@ gray = luminance(refs)
 col = colorize(f_img, gray, EDIT_TS, generator=gen())
 print(f"colorization: luminance reproduced to {float((luminance(col) - gray).abs().max()):.1e}; "
       f"reference recovered in {recovered(col):.0%} of {B_IMG} cases")
-show([("reference", refs), ("input (grey)", gray.expand(-1, 3, -1, -1)), ("colorized", col)],
-     "colorization: keep the luminance, generate the colour")
+image_rows([("reference", refs), ("input (grey)", gray.expand(-1, 3, -1, -1)), ("colorized", col)],
+           "colorization: keep the luminance, generate the colour")
 
 # %% [markdown]
 # ## 7. Super-resolution
@@ -354,8 +336,8 @@ low = sr_op.downsample(refs)
 sr = super_resolve(f_img, low, 4, EDIT_TS, generator=gen())
 print(f"super-resolution 4x4 -> 16x16: patch means reproduced to {float((sr_op.downsample(sr) - low).abs().max()):.1e}; "
       f"reference recovered in {recovered(sr):.0%} of {B_IMG} cases")
-show([("reference", refs), ("input (4x4)", upsample_repeat(low, 4)), ("super-resolved", sr)],
-     "super-resolution: keep the 4x4 patch means, generate the detail")
+image_rows([("reference", refs), ("input (4x4)", upsample_repeat(low, 4)), ("super-resolved", sr)],
+           "super-resolution: keep the 4x4 patch means, generate the detail")
 
 # %% [markdown]
 # **How much does the number of steps matter?** The same three edits with $K$ time points between 20 and
@@ -415,8 +397,8 @@ for name, out in strokes.items():
     print(f"stroke guidance, {name:<20}: source image recovered in {recovered(out):.0%} of {B_IMG} cases; "
           f"mean distance to the painting {dist:.1f} (between the painting and its source: "
           f"{float((refs - paint).flatten(1).norm(dim=1).mean()):.1f})")
-show([("source", refs), ("painting", paint)] + [(name, out) for name, out in strokes.items()],
-     "stroke-guided generation: realistic images from rough paintings")
+image_rows([("source", refs), ("painting", paint)] + [(name, out) for name, out in strokes.items()],
+           "stroke-guided generation: realistic images from rough paintings")
 
 # %% [markdown]
 # Every output is a clean image of the world — realism is guaranteed here, because the exact $f$
@@ -441,7 +423,7 @@ for s in sigmas:
     print(f"sigma = {s}: reference recovered in {recovered(out):.0%} of {B_IMG} cases "
           f"(noise norm {s * math.sqrt(768):.0f} vs typical distance between two images "
           f"{float(torch.pdist(images.flatten(1)).median()):.0f})")
-show(rows, "denoising: one evaluation of f at the noise level")
+image_rows(rows, "denoising: one evaluation of f at the noise level")
 
 # %% [markdown]
 # Up to noise levels comparable to the distances between images, one evaluation returns the clean
@@ -458,7 +440,7 @@ z0 = T * torch.randn(2, 3, H, H, generator=gen(8), dtype=torch.float64)
 z1 = T * torch.randn(2, 3, H, H, generator=gen(9), dtype=torch.float64)
 alphas = np.linspace(0, 1, 11)
 path = interpolate(f_img, z0, z1, alphas)          # shape (len(alphas), 2, 3, H, W)
-show([(f"pair {i + 1}", path[:, i]) for i in range(2)], "interpolation: f(slerp(z0, z1; alpha), T), alpha = 0 ... 1")
+image_rows([(f"pair {i + 1}", path[:, i]) for i in range(2)], "interpolation: f(slerp(z0, z1; alpha), T), alpha = 0 ... 1")
 for i in range(2):
     ids = torch.cdist(path[:, i].flatten(1), images.flatten(1)).argmin(1)
     print(f"pair {i + 1}: {len(torch.unique(ids))} distinct images of the world along {len(alphas)} interpolation points")

@@ -51,6 +51,7 @@ from cmlite.image.data import synthetic_dataset
 from cmlite.image.recipes import Recipe, get_recipe
 from cmlite.image.run import load_run, load_train_test, sample_images, train
 from cmlite.image.timesearch import OFFICIAL_CIFAR10_TAU, search_times
+from cmlite.image.plots import image_rows
 from cmlite.threads import set_small_model_threads
 
 FAST = os.environ.get("CMLITE_FAST") == "1"
@@ -134,33 +135,12 @@ for w in worlds:
           f"{E.classifier_accuracy(w['clf'], w['x'], w['labels']):.3f}")
 
 
-def show(rows, title, labels_fs=8):
-    """A grid of images: rows = [(label, tensor (n, C, H, W) in [-1, 1]), ...], one image per column."""
-    ncols = max(len(r[1]) for r in rows)
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(0.95 * ncols + 1.4, 1.0 * len(rows) + 0.4), squeeze=False)
-    for i, (label, ims) in enumerate(rows):
-        ims = ims.detach().float().clamp(-1, 1).cpu()
-        for j in range(ncols):
-            ax = axes[i, j]
-            ax.set_xticks([]), ax.set_yticks([])
-            for s in ax.spines.values():
-                s.set_visible(False)
-            if j < len(ims):
-                im = (ims[j].permute(1, 2, 0) + 1) / 2
-                ax.imshow(im[..., 0] if im.shape[-1] == 1 else im, cmap="gray", vmin=0, vmax=1,
-                          interpolation="nearest")
-        axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=labels_fs)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    plt.show()
-
-
 for w in worlds:
     cm_1 = sample_images(w["cm"], w["info"], COLS, steps=1, device=DEVICE)
     cm_2 = sample_images(w["cm"], w["info"], COLS, steps=2, device=DEVICE)
     real = w["eval"].images[w["cols"]]
-    show([("CM, 1 step", cm_1.float() / 127.5 - 1), ("CM, 2 steps", cm_2.float() / 127.5 - 1),
-          ("held-out data", real.float() / 127.5 - 1)], f"{w['name']}: what the consistency model generates")
+    image_rows([("CM, 1 step", cm_1.float() / 127.5 - 1), ("CM, 2 steps", cm_2.float() / 127.5 - 1),
+                ("held-out data", real.float() / 127.5 - 1)], f"{w['name']}: what the consistency model generates")
 
 # %% [markdown]
 # ## 2. One call per task
@@ -204,9 +184,9 @@ for w in worlds:
                                     "nfe": {"CM": f.evals, "teacher ODE": ft.evals, "naive": 0}}
         pos = {int(i): j for j, i in enumerate(w["t_idx"])}
         c = w["cols"]
-        show([("observed", p.observed[c]), (f"CM ({f.evals} NFE)", out[c]),
-              (f"teacher ODE ({ft.evals} NFE)", out_t[[pos[int(i)] for i in c]]), ("naive", out_n[c]),
-              ("original", p.original[c])], f"{w['name']}: {name}")
+        image_rows([("observed", p.observed[c]), (f"CM ({f.evals} NFE)", out[c]),
+                    (f"teacher ODE ({ft.evals} NFE)", out_t[[pos[int(i)] for i in c]]), ("naive", out_n[c]),
+                    ("original", p.original[c])], f"{w['name']}: {name}")
 
 # %% [markdown]
 # What to look for in each figure:
@@ -313,7 +293,7 @@ for w in worlds:
         print(f"{w['name']}: stroke guidance, tau = {lab:<18} distance to the painting "
               f"{float((out.clamp(-1, 1) - p.y).flatten(1).norm(dim=1).mean()):6.2f}, classifier accuracy "
               f"{E.classifier_accuracy(w['clf'], out.clamp(-1, 1), w['labels']):.3f}")
-    show(rows + [("original", p.original[c])], f"{w['name']}: stroke-guided generation at four pairs of times")
+    image_rows(rows + [("original", p.original[c])], f"{w['name']}: stroke-guided generation at four pairs of times")
 
 # %% [markdown]
 # ## 5. Denoising and interpolation
@@ -329,12 +309,12 @@ for w in worlds:
         p = E.make_problem("denoise", w["x"][c], sigma=sigma, seed=3)
         out = p.solve(w["cm"])
         rows += [(f"sigma = {sigma}", p.observed), ("denoised", out)]
-    show(rows, f"{w['name']}: one-step denoising")
+    image_rows(rows, f"{w['name']}: one-step denoising")
     C, H, W = w["x"].shape[1:]
     z = E.interpolation_noise(3, (C, H, W), seed=5, device=DEVICE)
     path = E.edit(w["cm"], "interpolate", z, alphas=torch.linspace(0, 1, COLS))
-    show([(f"pair {i + 1}", path[:, i]) for i in range(3)],
-         f"{w['name']}: f(slerp(z0, z1; alpha), T), alpha = 0 ... 1 (one evaluation each)")
+    image_rows([(f"pair {i + 1}", path[:, i]) for i in range(3)],
+               f"{w['name']}: f(slerp(z0, z1; alpha), T), alpha = 0 ... 1 (one evaluation each)")
 
 # %% [markdown]
 # Unlike chapter 7's exact model of a finite world, whose interpolation paths jump between the world's images,
