@@ -457,7 +457,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="CPU check: tiny runs trained here on synthetic shapes (1 and 3 channels), small n")
     args = ap.parse_args(argv)
-    if not 1 <= args.n_teacher:  # the subset also carries the figures and the FIDs of every method
+    if args.n_teacher < 1:  # the subset also carries the figures and the FIDs of every method
         ap.error(f"--n-teacher must be at least 1 (got {args.n_teacher}); a run without a teacher folder "
                  "skips the teacher-ODE baseline by itself")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
