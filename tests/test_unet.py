@@ -159,3 +159,22 @@ def test_compiles_without_graph_breaks():
     x, c, y = torch.randn(2, 3, 8, 8), torch.randn(2), torch.tensor([1, 2])
     compiled = torch.compile(net, backend="eager", fullgraph=True)   # traces with dynamo, no codegen
     torch.testing.assert_close(compiled(x, c, class_labels=y), net(x, c, class_labels=y))
+
+
+@pytest.mark.parametrize("mode", ["up", "down"])
+def test_box_resample_equals_its_fir_convolution(mode):
+    """f = (1, 1) runs as nearest upsampling / 2x2 average pooling: the same numbers and gradients as the
+    depthwise convolution with f f^T / 4 it stands for; a longer filter keeps the convolution."""
+    from cmlite.image.unet import Resample
+    torch.manual_seed(0)
+    r = Resample(mode, (1, 1))
+    assert r.box and not Resample(mode, (1, 3, 3, 1)).box
+    x = torch.randn(2, 5, 8, 8, requires_grad=True)
+    fast, conv = r(x), r.fir(x)
+    assert fast.shape == conv.shape == ((2, 5, 16, 16) if mode == "up" else (2, 5, 4, 4))
+    torch.testing.assert_close(fast, conv, atol=1e-6, rtol=0)
+    g = torch.randn_like(fast)
+    torch.testing.assert_close(torch.autograd.grad(fast, x, g)[0], torch.autograd.grad(conv, x, g)[0],
+                               atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="'up' or 'down'"):
+        Resample("sideways")

@@ -7,7 +7,7 @@
 #   c: CIFAR-10: train cifar10-teacher, cifar10-cd, cifar10-ict; evaluate them
 #   d: CIFAR-10 editing and time search; the step benchmark
 #   e: (2-GPU machine) step bench + MNIST teacher/CD + MNIST editing in parallel, then 2-GPU scaling
-#   p1..p4: the 2-GPU machine's plan of the second session; q1..q4: the plan for the next one (below)
+#   p1..p4: the 2-GPU machine's plan of the second session; q1..q4: the third session's (below)
 #   train NAME [args]  /  eval NAME [args]: one recipe per call (e.g. `train cifar10-ict --minutes 9`),
 #      for 10-minute runs; the runs stay in /root/runs while the machine is warm (30 s after a call).
 # Minutes per run: MIN_MNIST_TEACHER, MIN_MNIST_CD, MIN_MNIST_ICT, MIN_MNIST_CT, MIN_CIFAR_TEACHER, MIN_CIFAR_CD,
@@ -103,30 +103,31 @@ case $STAGE in
       RUNS=/root/scale-strong timeout ${STRONG_S:-150} bash bench/scale.sh 2 > $L/scale-strong2.log 2>&1
       cp /root/scale-weak/g1 -r /root/scale-strong/ 2>/dev/null; RUNS=/root/scale-strong bash bench/scale.sh report > $L/scale-strong.log 2>&1
       for f in $L/*.log; do echo "--- $f"; tail -n 8 "$f"; done ;;
-  # The plan for a next 2-GPU session, from session 2's timings (~27 device minutes with the start):
-  # q1 carry .gpu/c .gpu/e; q2 carry .gpu/a; q3 carry .gpu/b; q4 none. Fire each call as the last returns.
+  # The third session's plan (2-GPU machine, ~27 device minutes with the start): the step bench first, on a GPU of
+  # its own beside the CIFAR-10 teacher; q1 carry .gpu/c .gpu/e; q2 .gpu/a; q3 .gpu/b; q4 none. Fire each call as
+  # the last returns (the machine, its runs and its compile cache stay only while it is warm).
   q1) G0() { export CUDA_VISIBLE_DEVICES=0; T cifar10-teacher --minutes ${MIN_CIFAR_TEACHER:-6}; }
-      G1() { export CUDA_VISIBLE_DEVICES=1; T cifar10-ict --minutes ${MIN_CIFAR_ICT:-6}; }
-      G0 > $L/gpu0.log 2>&1 & G1 > $L/gpu1.log 2>&1 & wait; tail -n 2 $L/train-*.log ;;
+      G1() { export CUDA_VISIBLE_DEVICES=1; timeout ${BENCH_S:-350} python bench/step_bench.py --dynamic static \
+               --batch 512 --kinds ct sample cd --variants fast fp32-eager --profile --time-limit ${BENCH_LIMIT:-290} \
+               --out $L/bench.json; }
+      G0 > $L/gpu0.log 2>&1 & G1 > $L/bench.log 2>&1 & wait; tail -n 2 $L/train-*.log; tail -n 25 $L/bench.log ;;
   q2) G0() { export CUDA_VISIBLE_DEVICES=0; T cifar10-cd --teacher $R/cifar10-teacher --minutes ${MIN_CIFAR_CD:-5.5}; }
-      G1() { export CUDA_VISIBLE_DEVICES=1; T mnist-teacher --minutes ${MIN_MNIST_TEACHER:-2.7}
-             T mnist-cd --teacher $R/mnist-teacher --minutes ${MIN_MNIST_CD:-2.7}; }
+      G1() { export CUDA_VISIBLE_DEVICES=1; T cifar10-ict --minutes ${MIN_CIFAR_ICT:-5.5}; }
       G0 > $L/gpu0.log 2>&1 & G1 > $L/gpu1.log 2>&1 & wait; tail -n 2 $L/train-*.log ;;
-  q3) G0() { export CUDA_VISIBLE_DEVICES=0; T mnist-ict --minutes ${MIN_MNIST_ICT:-2.7}
+  q3) G0() { export CUDA_VISIBLE_DEVICES=0; T mnist-teacher --minutes ${MIN_MNIST_TEACHER:-2.7}
+             T mnist-cd --teacher $R/mnist-teacher --minutes ${MIN_MNIST_CD:-2.7}; }
+      G1() { export CUDA_VISIBLE_DEVICES=1; T mnist-ict --minutes ${MIN_MNIST_ICT:-2.7}
              T mnist-ct --minutes ${MIN_MNIST_CT:-2.3}
              python -m cmlite sample $R/mnist-ct --steps 2 --n 64 --out $L/mnist-ct-samples.npz; }
-      G1() { export CUDA_VISIBLE_DEVICES=1; timeout ${BENCH_S:-330} python bench/step_bench.py --dynamic static \
-               --batch 512 --kinds ct sample cd --variants fast fp32-eager --time-limit ${BENCH_LIMIT:-270} \
-               --out $L/bench.json; }
-      G0 > $L/gpu0.log 2>&1 & G1 > $L/bench.log 2>&1 & wait; tail -n 2 $L/train-*.log; tail -n 20 $L/bench.log ;;
+      G0 > $L/gpu0.log 2>&1 & G1 > $L/gpu1.log 2>&1 & wait; tail -n 2 $L/train-*.log ;;
   q4) # one eval call per data set (shared classifier and reference statistics), then its editing bench
       G0() { export CUDA_VISIBLE_DEVICES=0
              python -m cmlite eval $R/mnist-teacher $R/mnist-cd $R/mnist-ict $R/mnist-ct --cache $R --inception yes
-             timeout ${EDIT_S:-200} python bench/edit_eval.py --runs $R --data $S --out $L/edit-mnist --datasets mnist \
+             timeout ${EDIT_S:-300} python bench/edit_eval.py --runs $R --data $S --out $L/edit-mnist --datasets mnist \
                --models cd ict ct; }
       G1() { export CUDA_VISIBLE_DEVICES=1
              python -m cmlite eval $R/cifar10-teacher $R/cifar10-cd $R/cifar10-ict --cache $R --inception yes
-             timeout ${EDIT_S:-200} python bench/edit_eval.py --runs $R --data $S --out $L/edit-cifar10 \
+             timeout ${EDIT_S:-300} python bench/edit_eval.py --runs $R --data $S --out $L/edit-cifar10 \
                --datasets cifar10 --models cd ict; }
       G0 > $L/eval-mnist.log 2>&1 & G1 > $L/eval-cifar10.log 2>&1 & wait
       for f in $L/eval-*.log; do echo "--- $f"; tail -n 30 "$f"; done ;;

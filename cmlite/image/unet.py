@@ -130,15 +130,25 @@ def group_norm(channels: int) -> nn.GroupNorm:
 
 class Resample(nn.Module):
     """2x up- or down-sampling by a separable FIR filter f f^T / (sum f)^2, applied per channel.
-    With f = (1, 1): nearest-neighbour upsampling and 2x2 average pooling."""
+    With f = (1, 1) (DDPM++) this is nearest-neighbour upsampling and 2x2 average pooling, computed as
+    such: the same numbers as the depthwise convolution, but ops that ``torch.compile`` fuses with their
+    neighbours, where a depthwise convolution is a slow library call (most of all its backward)."""
 
     def __init__(self, mode: str, filt=(1, 1)):
         super().__init__()
+        if mode not in ("up", "down"):
+            raise ValueError(f"Resample mode must be 'up' or 'down', got {mode!r}")
         f = torch.as_tensor(filt, dtype=torch.float32)
-        self.mode, self.pad = mode, (len(filt) - 1) // 2
+        self.mode, self.pad, self.box = mode, (len(filt) - 1) // 2, len(filt) == 2 and filt[0] == filt[1]
         self.register_buffer("filt", (torch.outer(f, f) / f.sum() ** 2)[None, None], persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.box:
+            return F.interpolate(x, scale_factor=2, mode="nearest") if self.mode == "up" else F.avg_pool2d(x, 2)
+        return self.fir(x)
+
+    def fir(self, x: Tensor) -> Tensor:
+        """The general FIR path: a depthwise (transposed) convolution with f f^T / (sum f)^2."""
         c = x.shape[1]
         if self.mode == "up":
             f = (self.filt * 4).to(x.dtype).repeat(c, 1, 1, 1)
