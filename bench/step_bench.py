@@ -281,11 +281,20 @@ def profile(fn, device, steps: int = 2) -> dict:
     from torch.profiler import ProfilerActivity, profile as prof
     cuda = device.type == "cuda"
     sync(device)
-    with prof(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as p:
+    with prof(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []), record_shapes=True,
+              with_stack=True) as p:
         for _ in range(steps):
             fn()
         sync(device)
     ka = list(p.key_averages())
+    # which host operators launch copies (layout changes), with their shapes and the Python line calling them
+    copies = []
+    for e in p.key_averages(group_by_input_shape=True, group_by_stack_n=3):
+        if e.key in ("aten::copy_", "aten::contiguous", "aten::clone", "aten::_to_copy"):
+            dt = getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0))
+            copies.append({"op": e.key, "calls": e.count / steps, "device_ms_per_step": dt / 1e3 / steps,
+                           "shapes": str(e.input_shapes)[:160], "stack": [str(x)[:160] for x in (e.stack or [])][:3]})
+    copies.sort(key=lambda c: -c["device_ms_per_step"])
     if cuda:
         events = [e for e in ka if e.device_type == DeviceType.CUDA]
         key = "self_device_time_total" if events and hasattr(events[0], "self_device_time_total") \
@@ -301,7 +310,7 @@ def profile(fn, device, steps: int = 2) -> dict:
     top = sorted(events, key=lambda e: -getattr(e, key))[:25]
     return {"device_ms_per_step": total / 1e3 / steps, "split": split,
             "top": [{"kernel": e.key[:120], "ms_per_step": getattr(e, key) / 1e3 / steps, "calls": e.count / steps}
-                    for e in top]}
+                    for e in top], "copies": copies[:12]}
 
 
 def dynamo_counts() -> dict:
@@ -357,6 +366,8 @@ def measure(kind, variant, batch, args, device, n_images, flops_per_image, peak_
                 f"{k} {100 * v:.0f}%" for k, v in sorted(rec["profile"]["split"].items(), key=lambda kv: -kv[1])))
             for t in rec["profile"]["top"][:12]:
                 log(f"      {t['ms_per_step']:8.3f} ms x{t['calls']:.0f}  {t['kernel']}")
+            for c in rec["profile"]["copies"][:8]:
+                log(f"      copy {c['device_ms_per_step']:8.3f} ms x{c['calls']:.0f} {c['op']} {c['shapes']} {c['stack']}")
         if kind != "sample":
             tr.flush()  # the losses of the timed steps are read here: NaN/inf would raise
         s = statistics.median(dev)
