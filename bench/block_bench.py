@@ -100,6 +100,11 @@ def main(argv=None) -> int:
                 x = b(x, emb)
             return x
         fn = f if eager else torch.compile(f)
+        from torch.utils.flop_counter import FlopCounterMode
+        with FlopCounterMode(display=False) as fc:   # counted (eager, 2 images), linear in the batch
+            x2 = x[:2].detach().requires_grad_(True)
+            f(x2, emb[:2]).float().square().mean().backward()
+        flop_per_step = fc.get_total_flops() / 2 * a.batch
 
         def step():
             x.requires_grad_(True)
@@ -149,9 +154,12 @@ def main(argv=None) -> int:
                       "share": sum(getattr(e, "self_device_time_total", 0) for e in ev) / max(tot, 1)}
             clones = [e for e in pr.key_averages() if "clone" in e.key]
             copies["clone_kernels_ms"] = sum(getattr(e, "self_device_time_total", 0) for e in clones) / 1e3
-        r = {"config": item, "ms": 1e3 * statistics.median(times), "first_s": first, "copies": copies}
+        r = {"config": item, "ms": 1e3 * statistics.median(times), "first_s": first, "copies": copies,
+             "tflop_per_step": flop_per_step / 1e12}
+        r["tflops"] = r["tflop_per_step"] / (r["ms"] / 1e3)
         res["results"].append(r)
-        print(f"{item:10s} {r['ms']:8.2f} ms/step (fwd+bwd, {a.blocks} blocks)  first {first:.1f} s  copies {copies}",
+        print(f"{item:10s} {r['ms']:8.2f} ms/step (fwd+bwd, {a.blocks} blocks, {r['tflops']:.4g} TFLOP/s)  "
+              f"first {first:.1f} s  copies {copies}",
               flush=True)
         if a.out:
             Path(a.out).write_text(json.dumps(res, indent=1))
