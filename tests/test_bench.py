@@ -42,6 +42,22 @@ def test_quick_self_check_measures_every_kind_and_variant(tmp_path):
         assert r["images_per_s"] > 0 and r["s_per_step"] > 0
 
 
+def test_block_probe_quick_norms_agree_and_flops_are_counted(tmp_path):
+    """bench/block_bench.py: the view-form GroupNorm computes what nn.GroupNorm does (dropout 0), and the
+    counted FLOPs of a stack of 3x3 convolutions are 3 x 2 x B x H x W x C^2 x 9 per conv (forward +
+    two backward products), plus the small rest (embedding linear, norms)."""
+    out = tmp_path / "block.json"
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "block_bench.py"), "--quick", "--out", str(out)],
+                       check=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    diff = [float(line.split()[-1]) for line in p.stdout.splitlines() if "relative difference" in line]
+    assert diff and diff[0] < 1e-5
+    res = json.loads(out.read_text())
+    a = res["args"]
+    conv = 3 * 2 * a["batch"] * a["res"] ** 2 * a["channels"] ** 2 * 9 * 2 * a["blocks"] / 1e12
+    for r in res["results"]:
+        assert conv <= r["tflop_per_step"] <= 1.05 * conv
+
+
 EDIT_SCRIPT = ROOT / "bench" / "edit_eval.py"
 
 
