@@ -19,6 +19,9 @@
 # (same network and batch, TORCHINDUCTOR_CACHE_DIR kept) 25-30 s, so a 1.8-minute MNIST run trains for
 # ~20 s; p3 (seven evaluations + two editing benches + the step bench) needs more than 8 minutes: give the
 # step bench its own call; fire the next call at once (the machine goes back 30 s after a call).
+# Lessons of the third session (q1-q4, 25 device minutes with the start): two processes compiling at once on a cold
+# machine spend 100-190 s of start-up per run (CD compiles student, target and teacher graphs): MNIST CD trained
+# 12 s of its 2.7 minutes. Give a cold CD run >= 4 minutes, or run it after a run of the same network and batch.
 # Everything a stage produced is packed into $OUT/<stage>.tgz (logs, JSON, PNG grids; no weights).
 set -uo pipefail
 STAGE=$1; shift
