@@ -131,8 +131,8 @@ def group_norm(channels: int) -> nn.GroupNorm:
 class Resample(nn.Module):
     """2x up- or down-sampling by a separable FIR filter f f^T / (sum f)^2, applied per channel.
     With f = (1, 1) (DDPM++) this is nearest-neighbour upsampling and 2x2 average pooling, computed as
-    such: the same numbers as the depthwise convolution, but ops that ``torch.compile`` fuses with their
-    neighbours, where a depthwise convolution is a slow library call (most of all its backward)."""
+    such: the same numbers as the depthwise convolution, but ops that ``torch.compile`` can fuse with their
+    neighbours, where a depthwise convolution stays a separate library call, forward and backward."""
 
     def __init__(self, mode: str, filt=(1, 1)):
         super().__init__()
