@@ -217,7 +217,7 @@ for name, x in results.items():
 # plot puts each teacher's FID against its number of network evaluations (Heun on 2 … 18 grid points)
 # and the consistency models' one- and two-step samples beside it. What to look for: the teacher needs
 # 18–34 evaluations to get close to its best; distillation buys the one-step end of that curve, at a
-# price that shrinks with training (these runs had 1–5 minutes; the paper's, days).
+# price that shrinks with training (these runs had 1–6 minutes; the paper's, days).
 
 # %%
 import json
