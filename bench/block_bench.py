@@ -30,8 +30,10 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cmlite.image.unet as U  # noqa: E402
+from step_bench import count_flops  # noqa: E402  (FlopCounterMode at two batch sizes, checked linear)
 
 
 class ViewGroupNorm(nn.GroupNorm):
@@ -100,11 +102,10 @@ def main(argv=None) -> int:
                 x = b(x, emb)
             return x
         fn = f if eager else torch.compile(f)
-        from torch.utils.flop_counter import FlopCounterMode
-        with FlopCounterMode(display=False) as fc:   # counted (eager, 2 images), linear in the batch
-            x2 = x[:2].detach().requires_grad_(True)
-            f(x2, emb[:2]).float().square().mean().backward()
-        flop_per_step = fc.get_total_flops() / 2 * a.batch
+        def eager_step(b):   # for the FLOP count: the same forward + backward, eager, on b images
+            xb = torch.randn(b, *x.shape[1:], device=device).to(memory_format=torch.channels_last)
+            return lambda: f(xb.requires_grad_(True), emb[:1].expand(b, -1)).float().square().mean().backward()
+        flop_per_step = count_flops(eager_step)[0] * a.batch
 
         def step():
             x.requires_grad_(True)

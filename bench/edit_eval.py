@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 
 from cmlite.image import edit as E
-from cmlite.image.data import ImageData, load_dataset, make_grid, save_png, synthetic_dataset, to_uint8
+from cmlite.image.data import ImageData, make_grid, save_png, synthetic_dataset, to_uint8
 from cmlite.image.recipes import Recipe, get_recipe
 from cmlite.image.run import load_data, load_run, load_train_test, train
 
@@ -121,7 +121,7 @@ def eval_images(dataset: str, recipe: Recipe, data_root, n: int) -> tuple[ImageD
         d = synthetic_dataset(n, channels=ch, resolution=16, num_classes=4, seed=1)
         return d, {"source": "synthetic shapes, seed 1 (the runs were trained on seed 0)", "in_training_set": False}
     if dataset == "mnist":
-        test = load_dataset("mnist", root=data_root, split="test")
+        test = data_splits(recipe, data_root)[1]
         step = len(test) // n
         idx = torch.arange(n) * step
         return test.subset(idx), {"source": f"MNIST test split, every {step}th image ({n})", "in_training_set": False,
@@ -143,7 +143,7 @@ def floor_images(dataset: str, recipe: Recipe, data_root, n: int) -> torch.Tenso
         return synthetic_dataset(n, channels=1 if dataset == "synthetic" else 3, resolution=16, num_classes=4,
                                  seed=2).images
     if dataset == "mnist":
-        test = load_dataset("mnist", root=data_root, split="test")
+        test = data_splits(recipe, data_root)[1]
         step = len(test) // n
         return test.images[torch.arange(n) * step + step // 2]
     full = data_splits(recipe, data_root)[0]

@@ -42,7 +42,6 @@ import ast
 import dataclasses
 import gc
 import json
-import math
 import os
 import platform
 import statistics
