@@ -217,22 +217,8 @@ def save_search_figure(searches: dict, path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(searches), figsize=(5 * len(searches), 3.6), squeeze=False)
-    for ax, (name, s) in zip(axes[0], searches.items()):
-        for k in (2, 3):
-            pts = [(e["ts"][k - 1], e["fid"]) for e in s["trail"] if len(e["ts"]) == k
-                   and e["ts"][:k - 1] == s["times"][:k - 1]]
-            if pts:
-                pts.sort()
-                ax.plot(*zip(*pts), "o-", ms=3, label=f"tau_{k} (step {k})")
-        ax.axhline(s["fid"][0], c="k", ls=":", lw=1, label="1 step")
-        if s.get("official"):
-            ax.plot([s["official"]["ts"][1]], [s["official"]["fid"]], "r*", ms=10, label="official 0.585")
-        ax.set_xscale("log"), ax.set_xlabel("tau"), ax.set_ylabel("classifier FID")
-        ax.set_title(f"{name}: times {', '.join(f'{t:.3g}' for t in s['times'])}", fontsize=9)
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    from cmlite.image.plots import search_trails
+    fig = search_trails(searches, title, show=False)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

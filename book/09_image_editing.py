@@ -51,7 +51,7 @@ from cmlite.image.data import synthetic_dataset
 from cmlite.image.recipes import Recipe, get_recipe
 from cmlite.image.run import load_run, load_train_test, sample_images, train
 from cmlite.image.timesearch import OFFICIAL_CIFAR10_TAU, search_times
-from cmlite.image.plots import image_rows
+from cmlite.image.plots import image_rows, search_trails
 from cmlite.threads import set_small_model_threads
 
 FAST = os.environ.get("CMLITE_FAST") == "1"
@@ -346,27 +346,7 @@ for w in worlds:
           f"samples in {time.monotonic() - t0:.0f} s")
 
 
-def plot_searches(searches: dict) -> None:
-    """One panel per search: every evaluated tau_2 (then tau_3, with tau_2 fixed) against its FID."""
-    cols = min(len(searches), 3)
-    rows = -(-len(searches) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.6 * rows), squeeze=False)
-    for ax in axes.flat[len(searches):]:
-        ax.set_visible(False)
-    for ax, (name, s) in zip(axes.flat, searches.items()):
-        for k in (2, 3):
-            pts = sorted((e["ts"][k - 1], e["fid"]) for e in s["trail"]
-                         if len(e["ts"]) == k and e["ts"][:k - 1] == s["times"][:k - 1])
-            ax.plot(*zip(*pts), "o-", ms=3, label=f"searching tau_{k}")
-        ax.axhline(s["fid"][0], c="k", ls=":", lw=1, label="one step")
-        ax.plot([OFFICIAL_CIFAR10_TAU], [s["official"]["fid"]], "r*", ms=10, label="tau_2 = 0.585")
-        ax.set_xscale("log"), ax.set_xlabel("tau"), ax.set_ylabel("classifier FID"), ax.set_title(name)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    plt.show()
-
-
-plot_searches(searches)
+search_trails(searches)
 
 # %% [markdown]
 # Each point is one evaluation of the search; the curves show whether FID really is unimodal in each time (the
@@ -430,7 +410,7 @@ for ds, (session, d) in stored.items():
 # %%
 stored_searches = {f"{ds}, {m}": s for ds, (_, d) in stored.items() for m, s in d.get("time_search", {}).items()}
 if stored_searches:
-    plot_searches(stored_searches)
+    search_trails(stored_searches)
 
 # %% [markdown]
 # ## Summary

@@ -76,6 +76,7 @@ def test_edit_bench_quick_runs_every_task_and_search(tmp_path):
             for m in ("cd", "ict", "teacher_ode"):
                 assert entry["methods"][m]["known_part_error"] < 1e-5, (name, m)
     assert set(res["time_search"]) == {"cd", "ict"}
+    assert (tmp_path / "timesearch_synthetic-rgb.png").is_file()   # the trails (cmlite.image.plots.search_trails)
     assert not list(tmp_path.glob("*.partial.json"))  # the finished file replaces the partial one
 
 
