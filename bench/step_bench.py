@@ -16,8 +16,11 @@ image recipes, :func:`cmlite.sampling.multistep_sample` on ``trainer.ema``), in 
 * ``fp32-eager``  TrainConfig(precision='fp32', channels_last=False, compile=False), TF32 off (true fp32);
 * ``tf32-eager``  the same with TF32 matmuls and convolutions;
 * ``bf16-eager``  bf16 autocast + channels_last, no compile;
-* ``fast``        bf16 autocast, channels_last, ``compile`` (the Trainer's in-place ``net.compile()``; the
-                  CD teacher's net compiled too), fused Adam, cudnn.benchmark.
+* ``fast``        bf16 autocast, channels_last, ``compile`` (the Trainer's in-place
+                  :func:`cmlite.training.compile_net`, which keeps convolutions channels-last; the CD
+                  teacher's net compiled too), fused Adam, cudnn.benchmark;
+* ``fast-heuristic`` the same, compiled with Inductor's own layout heuristic (what ``net.compile()`` does,
+                  and what cmlite did before its ``compile_net``).
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one eager step at two small batch
 sizes (and checked to be exactly linear in the batch), never estimated by hand. The bf16 matrix-multiply
@@ -67,6 +70,7 @@ VARIANTS = {
     "tf32-eager": dict(precision="fp32", channels_last=False, compile=False, tf32=True),
     "bf16-eager": dict(precision="bf16", channels_last=True, compile=False, tf32=True),
     "fast": dict(precision="bf16", channels_last=True, compile=True, tf32=True),
+    "fast-heuristic": dict(precision="bf16", channels_last=True, compile=True, tf32=True, layout="heuristic"),
 }
 KINDS = ("ct", "ict", "cd", "sample")
 GiB = 2 ** 30
@@ -106,11 +110,16 @@ def configure_dynamo(args) -> None:
         setattr(obj, last, value)
 
 
-def compile_net(net: torch.nn.Module, args) -> None:
-    """The Trainer's in-place compile (``net.compile()``) with the chosen mode; ``--dynamic batch`` marks
-    the batch dimension of the net's inputs dynamic, so one graph serves every batch size."""
-    if args.compile_mode != "default" or getattr(net, "_compiled_call_impl", None) is None:
-        net.compile(**({} if args.compile_mode == "default" else {"mode": args.compile_mode}))
+def compile_net(net: torch.nn.Module, args, variant: str) -> None:
+    """The Trainer's in-place compile (:func:`cmlite.training.compile_net`), again with the chosen mode or
+    Inductor's own layout heuristic where asked; ``--dynamic batch`` marks the batch dimension of the net's
+    inputs dynamic, so one graph serves every batch size."""
+    heuristic = VARIANTS[variant].get("layout") == "heuristic"
+    if args.compile_mode != "default" or heuristic or getattr(net, "_compiled_call_impl", None) is None:
+        from torch._inductor import list_mode_options
+        options = dict(list_mode_options(args.compile_mode)) if args.compile_mode != "default" else {}
+        options["force_layout_optimization"] = VARIANTS[variant]["channels_last"] and not heuristic
+        net.compile(options=options)
     if args.dynamic == "batch":
         inner = net._compiled_call_impl
 
@@ -153,7 +162,7 @@ def make_trainer(kind: str, preset: str, batch: int, variant: str, device, args,
     if kind == "cd":
         teacher = EDMDenoiser(build_net(recipe, C, H)).to(device, memory_format=fmt).eval().requires_grad_(False)
         if compiled and not args.no_compile_teacher:
-            compile_net(teacher.net, args)
+            compile_net(teacher.net, args, variant)
     model, loss, schedule = build(recipe, net, teacher, steps=K)
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n_images, C, H, H), dtype=torch.uint8, generator=g)
@@ -163,7 +172,7 @@ def make_trainer(kind: str, preset: str, batch: int, variant: str, device, args,
     if compiled:
         for m in (tr.model, tr.target, tr.ema):
             if m is not None:
-                compile_net(m.net, args)
+                compile_net(m.net, args, variant)
     return tr
 
 
@@ -225,10 +234,11 @@ def count_flops(fn_for_batch, batches=(2, 4)) -> tuple[float, dict]:
     return per_image[1], ops
 
 
-def count_syncs(fn, device) -> int | None:
-    """Host synchronisations during one call (CUDA's sync debug mode; None on a CPU)."""
+def count_syncs(fn, device) -> tuple[int | None, list[str]]:
+    """Host synchronisations during one call (CUDA's sync debug mode; None on a CPU), and the Python lines
+    (file:line) that triggered them."""
     if device.type != "cuda":
-        return None
+        return None, []
     sync(device)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
@@ -238,7 +248,8 @@ def count_syncs(fn, device) -> int | None:
         finally:
             torch.cuda.set_sync_debug_mode("default")
     sync(device)
-    return sum("synchroniz" in str(x.message) for x in w)
+    hits = [x for x in w if "synchroniz" in str(x.message)]
+    return len(hits), [f"{x.filename}:{x.lineno}" for x in hits][:10]
 
 
 def time_fn(fn, device, steps: int, repeats: int) -> tuple[list[float], list[float]]:
@@ -352,7 +363,7 @@ def measure(kind, variant, batch, args, device, n_images, flops_per_image, peak_
         rec["warmup_step_s"] = warm
         est = min(warm) if warm else rec["first_step_s"]
         steps = max(2, min(args.steps, int(args.seconds_per_config / max(args.repeats * est, 1e-9))))
-        rec["syncs_per_step"] = count_syncs(fn, device)
+        rec["syncs_per_step"], rec["sync_sites"] = count_syncs(fn, device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         dev, host = time_fn(fn, device, steps, args.repeats)
@@ -559,6 +570,8 @@ def main(argv=None) -> int:
                         f"{r['images_per_s']:9.0f} img/s {r.get('tflops', 0):7.1f} TFLOP/s "
                         f"{r.get('pct_peak', 0):5.1f}% peak, mem {r.get('peak_mem_gib', float('nan')):.2f} GiB, "
                         f"syncs {r['syncs_per_step']}, 1st step {r['first_step_s']:.1f} s, wall {r['wall_s']:.0f} s")
+                    if r.get("sync_sites"):
+                        log(f"    host syncs at {r['sync_sites']}")
     peak_end = matmul_peak(device, peak_n)
     res["peak"]["end"] = peak_end
     res["wall_s"] = time.perf_counter() - t_start

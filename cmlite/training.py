@@ -72,6 +72,20 @@ class TrainConfig:
 RESUMABLE_CHANGES = frozenset({"steps", "device", "log_every", "compile", "seed"})  # seed: RNG states come from the file
 
 
+def compile_net(net: nn.Module, channels_last: bool = False) -> nn.Module:
+    """Compile ``net`` in place with ``torch.compile`` (Inductor) and return it.
+
+    With ``channels_last``, Inductor is told to keep the tensors around every convolution channels-last
+    (its ``force_layout_optimization``). Left to its own heuristic, Inductor turns this layout optimisation
+    off for a training graph that has any k x k convolution with out_channels * 2 <= in_channels: every
+    U-Net has them (a decoder convolution after a skip concatenation, the output convolution). The
+    activations it then writes in the default layout reach cuDNN, which copies each one to channels-last
+    before the convolution and its backward pass (bench/step_bench.py's ``fast-heuristic`` variant
+    measures that layout against this one; the README's speed section has the numbers)."""
+    net.compile(options={"force_layout_optimization": True} if channels_last else None)
+    return net
+
+
 def _make_optimizer(params, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     opts = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam, "adamw": torch.optim.AdamW}
     if cfg.optimizer not in opts:
@@ -202,7 +216,7 @@ class Trainer:
                 torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions
             for m in (self.model, self.target):  # the EMA is only sampled from: left eager
                 if m is not None:
-                    getattr(m, "net", m).compile()
+                    compile_net(getattr(m, "net", m), cfg.channels_last)
         self.ddp = None
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel

@@ -151,36 +151,52 @@ def test_cli_train_resume_sample_eval(tmp_path):
     assert [r["fid_classifier"] for r in both[1]["rows"]] == [r["fid_classifier"] for r in res["rows"]]
 
 
-@pytest.mark.parametrize("recipe_name", ["tiny-teacher", "tiny-ct", "tiny-cd"])
-def test_fast_step_matches_fp32_eager_step(recipe_name):
-    # The speed options (bf16 autocast, channels_last) must compute the same training step as fp32 eager:
-    # same batch, same noise, same initial weights. bf16 keeps 8 mantissa bits (relative rounding 2^-8 = 0.4%
-    # per operation); through a few dozen layers the loss moves by ~1e-2 relative, far below the change that
-    # a real bug makes (a wrong scaling or layout changes the loss by O(1)); gradients likewise (5e-2).
-    losses, grads = [], []
+def _one_step(recipe_name: str, precision: str, channels_last: bool, compiled: bool = False):
+    """Loss and flattened gradient of the first training step of a tiny recipe: same batch, same noise,
+    same initial weights whatever the speed options."""
     teacher = None
     if recipe_name == "tiny-cd":
         torch.manual_seed(5)
         from cmlite.parameterization import EDMDenoiser
         teacher = EDMDenoiser(build_net(get_recipe("tiny-teacher"), 1, 16)).eval()
-    for precision, cl in [("fp32", False), ("bf16", True)]:
-        r = get_recipe(recipe_name).with_overrides([f"train.precision={precision!r}", f"train.channels_last={cl}"])
-        torch.manual_seed(0)
-        net = build_net(r, 1, 16)
-        with torch.no_grad():  # move the near-zero output layers away from zero so that the loss sees the net
-            for p in net.parameters():
-                p.add_(0.02 * torch.randn_like(p))
-        model, loss, schedule = build(r, net, teacher=teacher, steps=10)
-        data = synthetic_dataset(64, channels=1, resolution=16, num_classes=4, seed=0)
-        src = GPUBatches(ImageData(data.images, None, 0, "s"), 16, "cpu", seed=0, channels_last=cl)
-        r.train.batch_size, r.train.log_every = 16, 1
-        tr = Trainer(model, loss, src, r.train, schedule)
-        rec = tr.train_step()
-        losses.append(rec["loss"])
-        grads.append(torch.cat([p.grad.flatten() for p in tr.model.parameters()]))
-    assert losses[1] == pytest.approx(losses[0], rel=3e-2), losses
-    # the gradient (what the optimiser gets), as a whole: relative L2 difference
-    assert float((grads[1] - grads[0]).norm() / grads[0].norm()) < 5e-2
+    r = get_recipe(recipe_name).with_overrides([f"train.precision={precision!r}", f"train.channels_last={channels_last}",
+                                                f"train.compile={compiled}"])
+    torch.manual_seed(0)
+    net = build_net(r, 1, 16)
+    with torch.no_grad():  # move the near-zero output layers away from zero so that the loss sees the net
+        for p in net.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    model, loss, schedule = build(r, net, teacher=teacher, steps=10)
+    data = synthetic_dataset(64, channels=1, resolution=16, num_classes=4, seed=0)
+    src = GPUBatches(ImageData(data.images, None, 0, "s"), 16, "cpu", seed=0, channels_last=channels_last)
+    r.train.batch_size, r.train.log_every = 16, 1
+    tr = Trainer(model, loss, src, r.train, schedule)
+    rec = tr.train_step()
+    return rec["loss"], torch.cat([p.grad.flatten() for p in tr.model.parameters()])
+
+
+@pytest.mark.parametrize("recipe_name", ["tiny-teacher", "tiny-ct", "tiny-cd"])
+def test_fast_step_matches_fp32_eager_step(recipe_name):
+    # The speed options (bf16 autocast, channels_last) must compute the same training step as fp32 eager.
+    # bf16 keeps 8 mantissa bits (relative rounding 2^-8 = 0.4% per operation); through a few dozen layers
+    # the loss moves by ~1e-2 relative, far below the change that a real bug makes (a wrong scaling or
+    # layout changes the loss by O(1)); gradients likewise (5e-2, relative L2 of the whole gradient).
+    loss0, grad0 = _one_step(recipe_name, "fp32", False)
+    loss1, grad1 = _one_step(recipe_name, "bf16", True)
+    assert loss1 == pytest.approx(loss0, rel=3e-2), (loss0, loss1)
+    assert float((grad1 - grad0).norm() / grad0.norm()) < 5e-2
+
+
+def test_compiled_step_matches_fp32_eager_step():
+    # torch.compile (Inductor, with the channels-last layout that cmlite.training.compile_net forces) must
+    # compute the eager step to float rounding: Inductor fuses and reorders reductions (~1e-6 relative per
+    # op, a few dozen ops deep), while a wrong fusion, layout or dropped term moves the loss by O(1).
+    # CT covers the online forward + backward and the target's forward. (bf16 + channels_last is the
+    # previous test; a bf16 compile on top adds only the same rounding, and a minute of CPU compile.)
+    loss0, grad0 = _one_step("tiny-ct", "fp32", False)
+    loss_c, grad_c = _one_step("tiny-ct", "fp32", True, compiled=True)
+    assert loss_c == pytest.approx(loss0, rel=1e-4), (loss0, loss_c)
+    assert float((grad_c - grad0).norm() / grad0.norm()) < 1e-3
 
 
 def test_sample_grid_callback_writes_the_ema_samples(tmp_path):

@@ -134,16 +134,18 @@ case $STAGE in
                --datasets cifar10 --models cd ict; }
       G0 > $L/eval-mnist.log 2>&1 & G1 > $L/eval-cifar10.log 2>&1 & wait
       for f in $L/eval-*.log; do echo "--- $f"; tail -n 30 "$f"; done ;;
-  # The next session's plan for issue 10 (one GPU, nvidia-h100-x1, no carry; each call about 6-9 minutes):
-  # s1: the CT step with the copy-launching operators profiled, and at batch 1024; s2: the CD step and fp32
-  # sampling; s3: the CT step under max-autotune-no-cudagraphs (long compile: its own call).
-  s1) timeout 560 python bench/step_bench.py --dynamic static --batch 512 1024 --kinds ct --variants fast --profile \
-        --out $L/bench-ct.json 2>&1 | grep -v -i warn | tee $L/bench-ct.log | tail -n 40 ;;
-  s2) timeout 560 python bench/step_bench.py --dynamic static --batch 512 --kinds cd sample --variants fast fp32-eager \
-        --profile --out $L/bench-cd.json 2>&1 | grep -v -i warn | tee $L/bench-cd.log | tail -n 40 ;;
-  s3) timeout 560 python bench/step_bench.py --dynamic static --batch 512 --kinds ct --variants fast \
-        --compile-mode max-autotune-no-cudagraphs --out $L/bench-autotune.json 2>&1 | grep -v -i warn \
-        | tee $L/bench-autotune.log | tail -n 20 ;;
+  # The fourth session's plan for issue 10 (one GPU, nvidia-h100-x1, no carry; each call about 6-9 minutes):
+  # s1: the CT step with cmlite's compile_net (channels-last convolutions forced) against Inductor's own layout
+  # heuristic, profiled, then at batch 1024; s2: the CD step and sampling; s3: CT with more Inductor tuning.
+  s1) timeout 570 python bench/step_bench.py --dynamic static --batch 512 1024 --kinds ct \
+        --variants fast fast-heuristic --profile --time-limit ${BENCH_LIMIT:-380} --out $L/bench-ct.json 2>&1 \
+        | grep -v -i warn | tee $L/bench-ct.log | tail -n 60 ;;
+  s2) timeout 570 python bench/step_bench.py --dynamic static --batch 512 --kinds cd sample --variants fast fp32-eager \
+        --profile --time-limit ${BENCH_LIMIT:-400} --out $L/bench-cd.json 2>&1 | grep -v -i warn | tee $L/bench-cd.log \
+        | tail -n 60 ;;
+  s3) timeout 570 python bench/step_bench.py --dynamic static --batch ${BATCH:-512} --kinds ct --variants fast \
+        ${S3_ARGS:---compile-mode max-autotune-no-cudagraphs} --out $L/bench-tuned.json 2>&1 | grep -v -i warn \
+        | tee $L/bench-tuned.log | tail -n 30 ;;
   train) T "$@" ;;
   eval) E "$@" --inception ${INCEPTION:-auto} ;;
   bench) python bench/step_bench.py --dynamic static --batch 512 --out $L/bench.json "$@" 2>&1 | tee $L/bench.log ;;

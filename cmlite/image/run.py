@@ -25,7 +25,7 @@ from torch import Tensor
 from ..sampling import multistep_sample
 from ..schedules import EPS, T_MAX, karras_boundaries
 from ..ode import solve
-from ..training import Trainer, init_distributed, load_checkpoint
+from ..training import Trainer, compile_net, init_distributed, load_checkpoint
 from .data import GPUBatches, ImageData, load_dataset, make_grid, save_png, synthetic_dataset, to_uint8
 from .recipes import Recipe, build, build_net
 
@@ -129,8 +129,10 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
         teacher_model, teacher_info = load_run(teacher, device)
         if teacher_info["recipe"]["method"] != "teacher":
             raise ValueError(f"{teacher} is a {teacher_info['recipe']['method']!r} run, not a teacher")
+        if cfg.channels_last:  # the online network's layout (the Trainer moves it), so cuDNN copies no weights
+            teacher_model.to(memory_format=torch.channels_last)
         if cfg.compile:
-            teacher_model.net.compile()
+            compile_net(teacher_model.net, cfg.channels_last)
         _check_shape(teacher_info, data, recipe, f"the teacher {teacher}")
         if recipe.init_from_teacher and saved is None:
             net.load_state_dict(teacher_model.net.state_dict())
