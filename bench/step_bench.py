@@ -305,8 +305,21 @@ def profile(fn, device, steps: int = 2) -> dict:
             copies.append({"op": e.key, "calls": e.count / steps, "device_ms_per_step": dt / 1e3 / steps,
                            "shapes": str(e.input_shapes)[:160], "stack": [str(x)[:160] for x in (e.stack or [])][:3]})
     copies.sort(key=lambda c: -c["device_ms_per_step"])
+    # the operators above each copy that launched device work: which library call (or autograd node) asked
+    chains = {}
+    for e in p.events():
+        if e.name in ("aten::copy_", "aten::clone", "aten::_to_copy") and (getattr(e, "kernels", None) or not cuda):
+            up, a = [], e.cpu_parent
+            while a is not None and len(up) < 6:
+                up.append(a.name[:70])
+                a = a.cpu_parent
+            k = (e.name, str(e.input_shapes)[:60], " < ".join(up))
+            chains[k] = chains.get(k, 0) + 1 / steps
+    chains = [{"op": k[0], "shapes": k[1], "parents": k[2], "calls": v}
+              for k, v in sorted(chains.items(), key=lambda kv: -kv[1])][:16]
     if cuda:
-        events = [e for e in ka if e.device_type == DeviceType.CUDA]
+        # "## Call CompiledFxGraph ... ##" ranges span their graphs' kernels: counting them would count twice
+        events = [e for e in ka if e.device_type == DeviceType.CUDA and not e.key.startswith("##")]
         key = "self_device_time_total" if events and hasattr(events[0], "self_device_time_total") \
             else "self_cuda_time_total"
     else:
@@ -320,7 +333,7 @@ def profile(fn, device, steps: int = 2) -> dict:
     top = sorted(events, key=lambda e: -getattr(e, key))[:25]
     return {"device_ms_per_step": total / 1e3 / steps, "split": split,
             "top": [{"kernel": e.key[:120], "ms_per_step": getattr(e, key) / 1e3 / steps, "calls": e.count / steps}
-                    for e in top], "copies": copies[:12]}
+                    for e in top], "copies": copies[:12], "copy_parents": chains}
 
 
 def dynamo_counts() -> dict:
@@ -376,8 +389,8 @@ def measure(kind, variant, batch, args, device, n_images, flops_per_image, peak_
                 f"{k} {100 * v:.0f}%" for k, v in sorted(rec["profile"]["split"].items(), key=lambda kv: -kv[1])))
             for t in rec["profile"]["top"][:12]:
                 log(f"      {t['ms_per_step']:8.3f} ms x{t['calls']:.0f}  {t['kernel']}")
-            for c in rec["profile"]["copies"][:8]:
-                log(f"      copy {c['device_ms_per_step']:8.3f} ms x{c['calls']:.0f} {c['op']} {c['shapes']} {c['stack']}")
+            for c in rec["profile"]["copy_parents"][:10]:
+                log(f"      copy x{c['calls']:.0f} {c['op']} {c['shapes']} < {c['parents']}")
         if kind != "sample":
             tr.flush()  # the losses of the timed steps are read here: NaN/inf would raise
         s = statistics.median(dev)

@@ -142,7 +142,12 @@ case $STAGE in
         | grep -v -i warn | tee $L/bench-ct.log | tail -n 60 ;;
   s2) timeout 570 python bench/step_bench.py --dynamic static --batch 512 --kinds cd sample --variants fast fp32-eager \
         --profile --time-limit ${BENCH_LIMIT:-400} --out $L/bench-cd.json 2>&1 | grep -v -i warn | tee $L/bench-cd.log \
-        | tail -n 60 ;;
+        | tail -n 60
+      # the library calls (fallbacks) in Inductor's generated wrappers, and the lines that copy or cast
+      W=$(grep -rl "def call(" /root/inductor 2>/dev/null); echo "$W" | wc -l > $L/wrappers.txt
+      grep -oh "extern_kernels\.[a-z_0-9]*\|torch\.ops\.aten\.[a-z_0-9]*\|aten\.[a-z_0-9]*\.[a-z_]*" $W \
+        | sort | uniq -c | sort -rn >> $L/wrappers.txt
+      grep -h -B2 "_to_copy\|\.copy_(\|as_strided_copy" $W | head -n 300 >> $L/wrappers.txt; tail -n 40 $L/wrappers.txt ;;
   s3) timeout 570 python bench/step_bench.py --dynamic static --batch ${BATCH:-512} --kinds ct --variants fast \
         ${S3_ARGS:---compile-mode max-autotune-no-cudagraphs} --out $L/bench-tuned.json 2>&1 | grep -v -i warn \
         | tee $L/bench-tuned.log | tail -n 30 ;;
