@@ -1,5 +1,7 @@
 """The EDM / DDPM++ U-Net (cmlite.image.unet): shapes, parameter counts, conditioning, precision,
 memory format, dropout, gradients, and the fit with the consistency-model wrappers."""
+import math
+
 import pytest
 import torch
 
@@ -174,7 +176,39 @@ def test_box_resample_equals_its_fir_convolution(mode):
     assert fast.shape == conv.shape == ((2, 5, 16, 16) if mode == "up" else (2, 5, 4, 4))
     torch.testing.assert_close(fast, conv, atol=1e-6, rtol=0)
     g = torch.randn_like(fast)
-    torch.testing.assert_close(torch.autograd.grad(fast, x, g)[0], torch.autograd.grad(conv, x, g)[0],
-                               atol=1e-6, rtol=0)
+    grad_conv = torch.autograd.grad(conv, x, g)[0]
+    torch.testing.assert_close(torch.autograd.grad(fast, x, g)[0], grad_conv, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="'up' or 'down'"):
         Resample("sideways")
+    # the up-sampling keeps a channels-last input channels-last, values and gradient unchanged
+    xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    fast_cl = r(xc)
+    assert fast_cl.is_contiguous(memory_format=torch.channels_last) or mode == "down"
+    torch.testing.assert_close(fast_cl, conv, atol=1e-6, rtol=0)
+    gc = torch.autograd.grad(fast_cl, xc, g)[0]
+    torch.testing.assert_close(gc, grad_conv, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_attention_is_edm_self_attention(heads, channels_last):
+    # EDM's attention, written out: qkv = W y + b with y = GN(x); output channel 3m + j of qkv is channel m
+    # of q (j=0), k (j=1), v (j=2); per head, softmax(q^T k / sqrt(d)) weights the values over the H*W
+    # positions; out = (x + proj(a)) / sqrt(2). float32 rounding only (~1e-6).
+    from cmlite.image.unet import Attention
+    torch.manual_seed(0)
+    att = Attention(8, heads)
+    with torch.no_grad():
+        att.proj.weight.normal_()
+    x = torch.randn(2, 8, 4, 6)
+    y = att.norm(x)
+    qkv = torch.einsum("oc,bchw->bohw", att.qkv.weight[:, :, 0, 0], y) + att.qkv.bias[None, :, None, None]
+    q, k, v = (qkv[:, j::3].reshape(2, heads, 8 // heads, 24) for j in range(3))     # (b, heads, d, positions)
+    wts = torch.softmax(torch.einsum("bhdi,bhdj->bhij", q, k) / math.sqrt(8 // heads), dim=-1)
+    a = torch.einsum("bhij,bhdj->bhdi", wts, v).reshape(2, 8, 4, 6)
+    expected = (x + att.proj(a)) / math.sqrt(2)
+    if channels_last:
+        att, x = att.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    out = att(x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

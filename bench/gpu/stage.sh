@@ -148,9 +148,14 @@ case $STAGE in
       grep -oh "extern_kernels\.[a-z_0-9]*\|torch\.ops\.aten\.[a-z_0-9]*\|aten\.[a-z_0-9]*\.[a-z_]*" $W \
         | sort | uniq -c | sort -rn >> $L/wrappers.txt
       grep -h -B2 "_to_copy\|\.copy_(\|as_strided_copy" $W | head -n 300 >> $L/wrappers.txt; tail -n 40 $L/wrappers.txt ;;
-  s3) timeout 570 python bench/step_bench.py --dynamic static --batch ${BATCH:-512} --kinds ct --variants fast \
-        ${S3_ARGS:---compile-mode max-autotune-no-cudagraphs} --out $L/bench-tuned.json 2>&1 | grep -v -i warn \
-        | tee $L/bench-tuned.log | tail -n 30 ;;
+  s3) # sampling at three batch sizes, then CT at 512 (profiled) and 1024; then Inductor's wrappers (their buffer
+      # strides show which tensors reach a convolution's backward pass in which layout)
+      timeout 150 python bench/step_bench.py --dynamic static --batch 512 1024 2048 --kinds sample --variants fast \
+        --profile --out $L/bench-sample.json 2>&1 | grep -v -i warn | tee $L/bench-sample.log | tail -n 8
+      timeout 400 python bench/step_bench.py --dynamic static --batch 512 1024 --kinds ct --variants fast --profile \
+        --out $L/bench-ct.json 2>&1 | grep -v -i warn | tee $L/bench-ct.log | tail -n 30
+      grep -rl "convolution_backward.default(" /root/inductor 2>/dev/null | grep "\.py$" | head -n 8 \
+        | tar czf $DEST/wrappers.tgz -T - ;;
   train) T "$@" ;;
   eval) E "$@" --inception ${INCEPTION:-auto} ;;
   bench) python bench/step_bench.py --dynamic static --batch 512 --out $L/bench.json "$@" 2>&1 | tee $L/bench.log ;;

@@ -144,8 +144,19 @@ class Resample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.box:
-            return F.interpolate(x, scale_factor=2, mode="nearest") if self.mode == "up" else F.avg_pool2d(x, 2)
+            return self.nearest_up(x) if self.mode == "up" else F.avg_pool2d(x, 2)
         return self.fir(x)
+
+    @staticmethod
+    def nearest_up(x: Tensor) -> Tensor:
+        """Nearest-neighbour 2x up-sampling as a broadcast, in x's memory layout: its gradient (the sum over
+        each 2x2 block) keeps that layout too, where a compiled ``F.interpolate`` scatters it into a new
+        contiguous tensor that a channels-last convolution then copies."""
+        b, c, h, w = x.shape
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            y = x.permute(0, 2, 3, 1)[:, :, None, :, None, :].expand(b, h, 2, w, 2, c)
+            return y.reshape(b, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+        return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
 
     def fir(self, x: Tensor) -> Tensor:
         """The general FIR path: a depthwise (transposed) convolution with f f^T / (sum f)^2."""
@@ -158,7 +169,15 @@ class Resample(nn.Module):
 
 class Attention(nn.Module):
     """Self-attention over the H*W positions: GroupNorm, 1x1 qkv conv, fused softmax(q k^T / sqrt(d)) v
-    (``scaled_dot_product_attention``), 1x1 output conv; residual, scaled by 1/sqrt(2)."""
+    (``scaled_dot_product_attention``), 1x1 output conv; residual, scaled by 1/sqrt(2).
+
+    The qkv weights keep EDM's order (output channel 3 m + j is channel m of q, k, v for j = 0, 1, 2), and
+    q, k and v are computed as three 1x1 convolutions with those rows. Each is then a plain (B, C, H, W)
+    tensor: in channels-last memory its (B, heads, H*W, C/heads) view has unit stride along C/heads, as the
+    fused attention kernels want, and its gradient reaches its convolution in the same layout. (One 3C-
+    channel output split by a reshape gives q, k, v with stride 3, which the attention kernel copies, and
+    a gradient assembled by a stack, which the convolution's backward pass copies back to channels-last.)
+    """
 
     def __init__(self, channels: int, heads: int = 1):
         super().__init__()
@@ -169,10 +188,13 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, self.heads, c // self.heads, 3, h * w)
-        q, k, v = qkv.transpose(2, 4).unbind(3)             # each (b, heads, h*w, c/heads)
+        y, wt, bias = self.norm(x), self.qkv.weight, self.qkv.bias
+        q, k, v = (F.conv2d(y, wt[j::3], bias[j::3]).reshape(b, self.heads, c // self.heads, h * w).transpose(2, 3)
+                   for j in range(3))                       # each (b, heads, h*w, c/heads)
         a = F.scaled_dot_product_attention(q, k, v)
-        a = a.transpose(2, 3).reshape(b, c, h, w)
+        a = a.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)   # (b, c, h, w), channels-last
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            a = a.contiguous()                              # x's layout, for the output conv and the residual
         return (x + self.proj(a)) * SKIP_SCALE
 
 
