@@ -156,6 +156,13 @@ case $STAGE in
         --out $L/bench-ct.json 2>&1 | grep -v -i warn | tee $L/bench-ct.log | tail -n 30
       grep -rl "convolution_backward.default(" /root/inductor 2>/dev/null | grep "\.py$" | head -n 8 \
         | tar czf $DEST/wrappers.tgz -T - ;;
+  s4) # Inductor tuning, sampling first (short compiles): max-autotune, then coordinate-descent tuning; CT with the latter
+      timeout 240 python bench/step_bench.py --dynamic static --batch 1024 --kinds sample --variants fast \
+        --compile-mode max-autotune-no-cudagraphs --out $L/sample-autotune.json 2>&1 | grep -v -i warn | tail -n 4
+      timeout 110 python bench/step_bench.py --dynamic static --batch 1024 --kinds sample --variants fast \
+        --inductor-config coordinate_descent_tuning=True --out $L/sample-cdt.json 2>&1 | grep -v -i warn | tail -n 4
+      timeout 210 python bench/step_bench.py --dynamic static --batch 1024 --kinds ct --variants fast \
+        --inductor-config coordinate_descent_tuning=True --out $L/ct-cdt.json 2>&1 | grep -v -i warn | tail -n 4 ;;
   train) T "$@" ;;
   eval) E "$@" --inception ${INCEPTION:-auto} ;;
   bench) python bench/step_bench.py --dynamic static --batch 512 --out $L/bench.json "$@" 2>&1 | tee $L/bench.log ;;
