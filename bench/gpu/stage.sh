@@ -163,6 +163,11 @@ case $STAGE in
         --inductor-config coordinate_descent_tuning=True --out $L/sample-cdt.json 2>&1 | grep -v -i warn | tail -n 4
       timeout 210 python bench/step_bench.py --dynamic static --batch 1024 --kinds ct --variants fast \
         --inductor-config coordinate_descent_tuning=True --out $L/ct-cdt.json 2>&1 | grep -v -i warn | tail -n 4 ;;
+  s5) # the README's table: CT and sampling at 512 beside fp32 eager, then at 1024 (fp32 eager CT does not fit there)
+      timeout 330 python bench/step_bench.py --dynamic static --batch 512 --kinds ct sample --variants fast fp32-eager \
+        --out $L/bench-512.json 2>&1 | grep -v -i warn | tee $L/bench-512.log | tail -n 14
+      timeout 245 python bench/step_bench.py --dynamic static --batch 1024 --kinds ct sample --variants fast \
+        --out $L/bench-1024.json 2>&1 | grep -v -i warn | tee $L/bench-1024.log | tail -n 12 ;;
   train) T "$@" ;;
   eval) E "$@" --inception ${INCEPTION:-auto} ;;
   bench) python bench/step_bench.py --dynamic static --batch 512 --out $L/bench.json "$@" 2>&1 | tee $L/bench.log ;;
