@@ -20,7 +20,9 @@ image recipes, :func:`cmlite.sampling.multistep_sample` on ``trainer.ema``), in 
                   :func:`cmlite.training.compile_net`, which keeps convolutions channels-last; the CD
                   teacher's net compiled too), fused Adam, cudnn.benchmark;
 * ``fast-heuristic`` the same, compiled with Inductor's own layout heuristic (what ``net.compile()`` does,
-                  and what cmlite did before its ``compile_net``).
+                  and what cmlite did before its ``compile_net``);
+* ``fast-library-gn`` ``fast`` with torch's GroupNorm in place of cmlite's channels-last one
+                  (:class:`cmlite.image.unet.GroupNorm`).
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one eager step at two small batch
 sizes (and checked to be exactly linear in the batch), never estimated by hand. The bf16 matrix-multiply
@@ -59,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cmlite.image.data import GPUBatches, ImageData  # noqa: E402
 from cmlite.image.recipes import build, build_net, get_recipe  # noqa: E402
-from cmlite.image.unet import count_parameters, unet_config  # noqa: E402
+from cmlite.image.unet import GroupNorm, count_parameters, unet_config  # noqa: E402
 from cmlite.parameterization import EDMDenoiser  # noqa: E402
 from cmlite.sampling import multistep_sample  # noqa: E402
 from cmlite.schedules import T_MAX  # noqa: E402
@@ -71,6 +73,7 @@ VARIANTS = {
     "bf16-eager": dict(precision="bf16", channels_last=True, compile=False, tf32=True),
     "fast": dict(precision="bf16", channels_last=True, compile=True, tf32=True),
     "fast-heuristic": dict(precision="bf16", channels_last=True, compile=True, tf32=True, layout="heuristic"),
+    "fast-library-gn": dict(precision="bf16", channels_last=True, compile=True, tf32=True, gn="library"),
 }
 KINDS = ("ct", "ict", "cd", "sample")
 GiB = 2 ** 30
@@ -149,6 +152,7 @@ def recipe_for(preset: str, kind: str):
 def make_trainer(kind: str, preset: str, batch: int, variant: str, device, args, n_images: int,
                  compiled: bool | None = None) -> Trainer:
     v = VARIANTS[variant]
+    GroupNorm.channels_last_path = v.get("gn") != "library"   # read when the network is traced
     compiled = v["compile"] and not args.no_compile if compiled is None else compiled
     recipe, C, H = recipe_for(preset, kind)
     K = 20000
@@ -193,11 +197,13 @@ def step_fn(kind: str, tr: Trainer, batch: int, variant: str, device):
 
 # ------------------------------------------------------------------------------------------ measurements
 def matmul_peak(device, n: int, reps: int = 10) -> dict:
-    """TFLOP/s of an n x n x n matrix product (bf16 on a GPU, fp32 on a CPU): median of ``reps`` after warm-up."""
+    """TFLOP/s of an n x n x n matrix product (bf16 on a GPU, fp32 on a CPU): median of ``reps`` after a
+    warm-up of 5 * reps products (on a GPU ~0.1 s at full clock: a shorter one read 745 and 775 TFLOP/s on
+    one H100 minutes apart)."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
+    for _ in range(5 * reps if device.type == "cuda" else 3):
         a @ b
     sync(device)
     ts = []
@@ -214,7 +220,8 @@ def matmul_peak(device, n: int, reps: int = 10) -> dict:
             a @ b
             ts.append(time.perf_counter() - t)
     t = statistics.median(ts)
-    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "seconds": t, "tflops": 2 * n ** 3 / t / 1e12}
+    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "reps": reps, "seconds": t,
+            "tflops": 2 * n ** 3 / t / 1e12}
 
 
 def count_flops(fn_for_batch, batches=(2, 4)) -> tuple[float, dict]:
@@ -445,7 +452,7 @@ def tables(res: dict) -> str:
 
     out = [f"**{res['card']}**, torch {res['torch']}, preset `{res['preset']}` ({res['params'] / 1e6:.2f}M "
            f"parameters), measured {res['peak_kind']} matmul peak {peak:.4g} TFLOP/s "
-           f"({res['peak']['start']['n']}^3, median of 10)."]
+           f"({res['peak']['start']['n']}^3, median of {res['peak']['start']['reps']})."]
     hdr = ("| step | variant | batch | ms/step | images/s | GFLOP/img | TFLOP/s | % of peak | peak mem GiB "
            "| × fp32 | syncs/step | compile+1st step s |")
     sep = "|" + "|".join(["---"] * (hdr.count("|") - 1)) + "|"
@@ -538,7 +545,7 @@ def main(argv=None) -> int:
     log(f"# {card}; torch {torch.__version__}; preset {args.preset}: {params / 1e6:.2f}M parameters, "
         f"{C}x{H}x{H}; batches {args.batch}; kinds {args.kinds}; variants {args.variants}")
     t_start = time.perf_counter()
-    peak_start = matmul_peak(device, peak_n)
+    peak_start = matmul_peak(device, peak_n, reps=30 if device.type == "cuda" else 10)
     log(f"# matmul peak ({peak_start['dtype']}, {peak_n}^3): {peak_start['tflops']:.3g} TFLOP/s")
     res = {"card": card, "torch": torch.__version__, "cuda": torch.version.cuda, "device": str(device),
            "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
@@ -585,7 +592,7 @@ def main(argv=None) -> int:
                         f"syncs {r['syncs_per_step']}, 1st step {r['first_step_s']:.1f} s, wall {r['wall_s']:.0f} s")
                     if r.get("sync_sites"):
                         log(f"    host syncs at {r['sync_sites']}")
-    peak_end = matmul_peak(device, peak_n)
+    peak_end = matmul_peak(device, peak_n, reps=30 if device.type == "cuda" else 10)
     res["peak"]["end"] = peak_end
     res["wall_s"] = time.perf_counter() - t_start
     write()

@@ -212,3 +212,30 @@ def test_attention_is_edm_self_attention(heads, channels_last):
     out = att(x)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_channels_last_group_norm_is_group_norm():
+    # cmlite's GroupNorm on channels-last input (statistics from per-channel sums, gradient written out)
+    # against torch's: values and all three gradients to float32 rounding (inputs of scale ~10: ~1e-5),
+    # output and input gradient channels-last; other inputs take torch's path.
+    from cmlite.image.unet import GroupNorm
+    torch.manual_seed(0)
+    for shape, g in [((3, 64, 8, 8), 16), ((2, 12, 5, 7), 3)]:
+        gn = GroupNorm(g, shape[1], eps=1e-6)
+        with torch.no_grad():
+            gn.weight.normal_()
+            gn.bias.normal_()
+        x0 = torch.randn(shape) * 3 + torch.randn(1, shape[1], 1, 1) * 5     # channel offsets: mean != 0
+        x = x0.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        xr = x0.clone().requires_grad_(True)
+        y, ref = gn(x), torch.nn.functional.group_norm(xr, g, gn.weight, gn.bias, 1e-6)
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+        dy = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+        got = torch.autograd.grad(y, [x, gn.weight, gn.bias], dy)
+        want = torch.autograd.grad(ref, [xr, gn.weight, gn.bias], dy)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert got[0].is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 4, 4)
+    torch.testing.assert_close(GroupNorm(2, 8)(x), torch.nn.functional.group_norm(x, 2, eps=1e-5))

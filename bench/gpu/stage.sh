@@ -168,6 +168,10 @@ case $STAGE in
         --out $L/bench-512.json 2>&1 | grep -v -i warn | tee $L/bench-512.log | tail -n 14
       timeout 245 python bench/step_bench.py --dynamic static --batch 1024 --kinds ct sample --variants fast \
         --out $L/bench-1024.json 2>&1 | grep -v -i warn | tee $L/bench-1024.log | tail -n 12 ;;
+  s6) # cmlite's channels-last GroupNorm against torch's, sampling and CT at 512, profiled
+      timeout 540 python bench/step_bench.py --dynamic static --batch 512 --kinds sample ct \
+        --variants fast fast-library-gn --profile --out $L/bench-gn.json 2>&1 | grep -v -i warn | tee $L/bench-gn.log \
+        | grep -v "^      " | tail -n 24 ;;
   train) T "$@" ;;
   eval) E "$@" --inception ${INCEPTION:-auto} ;;
   bench) python bench/step_bench.py --dynamic static --batch 512 --out $L/bench.json "$@" 2>&1 | tee $L/bench.log ;;

@@ -120,12 +120,82 @@ def linear(cin: int, cout: int, scale: float = 1.0) -> nn.Linear:
     return _init(nn.Linear(cin, cout), scale)
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
+def _per_channel(t: Tensor, c: int) -> Tensor:
+    """(N, G) -> (N, C): each group's value repeated for its C/G channels."""
+    n, g = t.shape
+    return t[:, :, None].expand(n, g, c // g).reshape(n, c)
+
+
+def _group_mean(t: Tensor, g: int, k: int) -> Tensor:
+    """(N, C, H, W) -> (N, G): the mean over each group's C/G x H x W elements (k of them), as column sums
+    over H, W first (in order on channels-last memory), then sums over the C/G channels of a group."""
+    n, c = t.shape[:2]
+    return t.sum(dim=(2, 3)).view(n, g, c // g).sum(-1) / k
+
+
+class _ChannelsLastGroupNorm(torch.autograd.Function):
+    """y = (x - mu_g) rstd_g gamma + beta with its gradient written out (every pass in memory order on
+    channels-last tensors, the gradient returned channels-last and in x's dtype):
+    xhat = (x - mu) rstd, dxhat = dy gamma,
+    dx = rstd (dxhat - mean_g(dxhat) - xhat mean_g(dxhat xhat)), dgamma = sum dy xhat, dbeta = sum dy."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups: int, eps: float):
+        n, c, h, w = x.shape
+        k, xf = (c // groups) * h * w, x.float()
+        mean = _group_mean(xf, groups, k)
+        rstd = torch.rsqrt((_group_mean(xf.square(), groups, k) - mean.square()).clamp_min(0) + eps)
+        scale = _per_channel(rstd, c) * weight
+        shift = bias - _per_channel(mean, c) * scale
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.groups = groups
+        return (xf * scale[:, :, None, None] + shift[:, :, None, None]).to(weight.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, mean, rstd = ctx.saved_tensors
+        n, c, h, w = x.shape
+        g = ctx.groups
+        k = (c // g) * h * w
+        r = _per_channel(rstd, c)[:, :, None, None]
+        xhat = (x.float() - _per_channel(mean, c)[:, :, None, None]) * r
+        dyf = dy.float()
+        dxhat = dyf * weight.float()[:, None, None]
+        a = _per_channel(_group_mean(dxhat, g, k), c)[:, :, None, None]
+        b = _per_channel(_group_mean(dxhat * xhat, g, k), c)[:, :, None, None]
+        dx = ((dxhat - a - xhat * b) * r).to(x.dtype)           # full-size operand first: its layout
+        dweight = (dyf * xhat).sum(dim=(0, 2, 3)).to(weight.dtype)
+        dbias = dyf.sum(dim=(0, 2, 3)).to(weight.dtype)
+        return dx, dweight, dbias, None, None
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (same parameters, same numbers to float32 rounding); on a channels-last input of a
+    norm with affine parameters it runs :class:`_ChannelsLastGroupNorm`: statistics from per-channel sums of
+    x and x^2 over H, W (mean and E[x^2] - mean^2 per group, in float32), output in the parameters' dtype
+    (float32 under autocast, as autocast's GroupNorm).
+
+    Why: on channels-last memory (the layout the convolutions want) ``torch.compile`` writes the library
+    GroupNorm as a reduction over each group's C/G x H x W block, whose elements lie C apart, and its
+    backward pass returns gradients in the default layout, which cuDNN copies back to channels-last before
+    each convolution's backward pass. Here every pass is a column sum or an elementwise map in memory
+    order. ``GroupNorm.channels_last_path = False`` turns it off (bench/step_bench.py compares both).
+    """
+    channels_last_path = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (self.channels_last_path and self.affine and x.ndim == 4 and not x.is_contiguous()
+                and x.is_contiguous(memory_format=torch.channels_last)):
+            return _ChannelsLastGroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps)
+        return super().forward(x)
+
+
+def group_norm(channels: int) -> GroupNorm:
     """GroupNorm with EDM's min(32, C/4) groups, lowered until it divides C."""
     g = max(1, min(32, channels // 4))
     while channels % g:
         g -= 1
-    return nn.GroupNorm(g, channels, eps=1e-6)
+    return GroupNorm(g, channels, eps=1e-6)
 
 
 class Resample(nn.Module):
