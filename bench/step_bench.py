@@ -26,7 +26,7 @@ image recipes, :func:`cmlite.sampling.multistep_sample` on ``trainer.ema``), in 
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one eager step at two small batch
 sizes (and checked to be exactly linear in the batch), never estimated by hand. The bf16 matrix-multiply
-peak is measured in the same process on the same card (8192^3, median of 10 after warm-up); % of peak =
+peak is measured in the same process on the same card (8192^3, median of 30 after 150 warm-up products); % of peak =
 achieved TFLOP/s / that peak; for sampling the forward-pass floor is forward FLOPs / peak, and % of floor
 = floor time / measured time. Times: warm-up (compilation included, reported separately), then
 ``--repeats`` runs of ``--steps`` steps between CUDA events, median. Peak memory: max_memory_allocated
