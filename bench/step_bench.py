@@ -21,8 +21,8 @@ image recipes, :func:`cmlite.sampling.multistep_sample` on ``trainer.ema``), in 
                   teacher's net compiled too), fused Adam, cudnn.benchmark;
 * ``fast-heuristic`` the same, compiled with Inductor's own layout heuristic (what ``net.compile()`` does,
                   and what cmlite did before its ``compile_net``);
-* ``fast-library-gn`` ``fast`` with torch's GroupNorm in place of cmlite's channels-last one
-                  (:class:`cmlite.image.unet.GroupNorm`).
+* ``fast-library-gn`` ``fast`` with torch's GroupNorm everywhere (``fast`` runs cmlite's channels-last
+                  :class:`cmlite.image.unet.GroupNorm` where autograd is off: sampling, target, teacher).
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one eager step at two small batch
 sizes (and checked to be exactly linear in the batch), never estimated by hand. The bf16 matrix-multiply
@@ -152,7 +152,7 @@ def recipe_for(preset: str, kind: str):
 def make_trainer(kind: str, preset: str, batch: int, variant: str, device, args, n_images: int,
                  compiled: bool | None = None) -> Trainer:
     v = VARIANTS[variant]
-    GroupNorm.channels_last_path = v.get("gn") != "library"   # read when the network is traced
+    GroupNorm.channels_last_path = "never" if v.get("gn") == "library" else "no_grad"  # read when traced
     compiled = v["compile"] and not args.no_compile if compiled is None else compiled
     recipe, C, H = recipe_for(preset, kind)
     K = 20000

@@ -214,12 +214,13 @@ def test_attention_is_edm_self_attention(heads, channels_last):
     assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def test_channels_last_group_norm_is_group_norm():
+def test_channels_last_group_norm_is_group_norm(monkeypatch):
     # cmlite's GroupNorm on channels-last input (statistics from per-channel sums, gradient written out)
     # against torch's: values and all three gradients to float32 rounding (inputs of scale ~10: ~1e-5),
-    # output and input gradient channels-last; other inputs take torch's path.
+    # output and input gradient channels-last. Default "no_grad": the path runs where autograd is off only.
     from cmlite.image.unet import GroupNorm
     torch.manual_seed(0)
+    monkeypatch.setattr(GroupNorm, "channels_last_path", "always")
     for shape, g in [((3, 64, 8, 8), 16), ((2, 12, 5, 7), 3)]:
         gn = GroupNorm(g, shape[1], eps=1e-6)
         with torch.no_grad():
@@ -237,5 +238,15 @@ def test_channels_last_group_norm_is_group_norm():
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
         assert y.is_contiguous(memory_format=torch.channels_last)
         assert got[0].is_contiguous(memory_format=torch.channels_last)
-    x = torch.randn(2, 8, 4, 4)
+    # "no_grad": this path under torch.no_grad (torch's forward would raise here), torch's with autograd on
+    monkeypatch.setattr(GroupNorm, "channels_last_path", "no_grad")
+    with torch.no_grad():
+        with monkeypatch.context() as m:
+            m.setattr(torch.nn.GroupNorm, "forward", lambda self, x: 1 / 0)
+            torch.testing.assert_close(gn(x), ref.detach(), rtol=1e-5, atol=1e-5)
+    assert gn(x).grad_fn.name() == "NativeGroupNormBackward0"
+    x = torch.randn(2, 8, 4, 4)   # not channels-last: torch's, whatever the setting
     torch.testing.assert_close(GroupNorm(2, 8)(x), torch.nn.functional.group_norm(x, 2, eps=1e-5))
+    monkeypatch.setattr(GroupNorm, "channels_last_path", "sometimes")
+    with pytest.raises(ValueError, match="channels_last_path"):
+        GroupNorm(2, 8)(x)
