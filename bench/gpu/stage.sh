@@ -22,6 +22,10 @@
 # Lessons of the third session (q1-q4, 25 device minutes with the start): two processes compiling at once on a cold
 # machine spend 100-190 s of start-up per run (CD compiles student, target and teacher graphs): MNIST CD trained
 # 12 s of its 2.7 minutes. Give a cold CD run >= 4 minutes, or run it after a run of the same network and batch.
+# Lessons of the fourth session (s1-s6, one H100, 30 device minutes counted at 50% of the held time): the 55.7M
+# network's CT step compiles in 130-190 s per batch size, its sampling graph in 25-80 s; max-autotune and
+# coordinate-descent tuning do not compile within 4 minutes (s4 measured nothing); the matmul peak read 725-804
+# TFLOP/s between processes, so compare variants within one process (s1, s6).
 # Everything a stage produced is packed into $OUT/<stage>.tgz (logs, JSON, PNG grids; no weights).
 set -uo pipefail
 STAGE=$1; shift
