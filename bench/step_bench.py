@@ -22,7 +22,8 @@ image recipes, :func:`cmlite.sampling.multistep_sample` on ``trainer.ema``), in 
 * ``fast-heuristic`` the same, compiled with Inductor's own layout heuristic (what ``net.compile()`` does,
                   and what cmlite did before its ``compile_net``);
 * ``fast-library-gn`` ``fast`` with torch's GroupNorm everywhere (``fast`` runs cmlite's channels-last
-                  :class:`cmlite.image.unet.GroupNorm` where autograd is off: sampling, target, teacher).
+                  :class:`cmlite.image.unet.GroupNorm` in compiled no-grad passes: sampling, target, teacher);
+* ``fast-always-gn`` ``fast`` with cmlite's GroupNorm in the training passes too.
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one eager step at two small batch
 sizes (and checked to be exactly linear in the batch), never estimated by hand. The bf16 matrix-multiply
@@ -74,6 +75,7 @@ VARIANTS = {
     "fast": dict(precision="bf16", channels_last=True, compile=True, tf32=True),
     "fast-heuristic": dict(precision="bf16", channels_last=True, compile=True, tf32=True, layout="heuristic"),
     "fast-library-gn": dict(precision="bf16", channels_last=True, compile=True, tf32=True, gn="library"),
+    "fast-always-gn": dict(precision="bf16", channels_last=True, compile=True, tf32=True, gn="always"),
 }
 KINDS = ("ct", "ict", "cd", "sample")
 GiB = 2 ** 30
@@ -152,7 +154,7 @@ def recipe_for(preset: str, kind: str):
 def make_trainer(kind: str, preset: str, batch: int, variant: str, device, args, n_images: int,
                  compiled: bool | None = None) -> Trainer:
     v = VARIANTS[variant]
-    GroupNorm.channels_last_path = "never" if v.get("gn") == "library" else "no_grad"  # read when traced
+    GroupNorm.channels_last_path = {"library": "never", "always": "always"}.get(v.get("gn"), "compiled_no_grad")
     compiled = v["compile"] and not args.no_compile if compiled is None else compiled
     recipe, C, H = recipe_for(preset, kind)
     K = 20000

@@ -217,7 +217,7 @@ def test_attention_is_edm_self_attention(heads, channels_last):
 def test_channels_last_group_norm_is_group_norm(monkeypatch):
     # cmlite's GroupNorm on channels-last input (statistics from per-channel sums, gradient written out)
     # against torch's: values and all three gradients to float32 rounding (inputs of scale ~10: ~1e-5),
-    # output and input gradient channels-last. Default "no_grad": the path runs where autograd is off only.
+    # output and input gradient channels-last.
     from cmlite.image.unet import GroupNorm
     torch.manual_seed(0)
     monkeypatch.setattr(GroupNorm, "channels_last_path", "always")
@@ -238,12 +238,15 @@ def test_channels_last_group_norm_is_group_norm(monkeypatch):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
         assert y.is_contiguous(memory_format=torch.channels_last)
         assert got[0].is_contiguous(memory_format=torch.channels_last)
-    # "no_grad": this path under torch.no_grad (torch's forward would raise here), torch's with autograd on
-    monkeypatch.setattr(GroupNorm, "channels_last_path", "no_grad")
+    # the default, "compiled_no_grad": this path inside torch.compile with autograd off (torch's forward
+    # raises here, so tracing it would fail), torch's eagerly or with autograd on
+    monkeypatch.setattr(GroupNorm, "channels_last_path", "compiled_no_grad")
     with torch.no_grad():
         with monkeypatch.context() as m:
             m.setattr(torch.nn.GroupNorm, "forward", lambda self, x: 1 / 0)
-            torch.testing.assert_close(gn(x), ref.detach(), rtol=1e-5, atol=1e-5)
+            traced = torch.compile(gn, backend="eager", fullgraph=True)
+            torch.testing.assert_close(traced(x), ref.detach(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(gn(x), ref.detach(), rtol=1e-5, atol=1e-5)     # eager: torch's
     assert gn(x).grad_fn.name() == "NativeGroupNormBackward0"
     x = torch.randn(2, 8, 4, 4)   # not channels-last: torch's, whatever the setting
     torch.testing.assert_close(GroupNorm(2, 8)(x), torch.nn.functional.group_norm(x, 2, eps=1e-5))

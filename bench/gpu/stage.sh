@@ -176,6 +176,10 @@ case $STAGE in
       timeout 540 python bench/step_bench.py --dynamic static --batch 512 --kinds sample ct \
         --variants fast fast-library-gn --profile --out $L/bench-gn.json 2>&1 | grep -v -i warn | tee $L/bench-gn.log \
         | grep -v "^      " | tail -n 24 ;;
+  s7) # the next session: CT at 512 with torch's GroupNorm, cmlite's in the no-grad passes (the default), and everywhere
+      timeout 570 python bench/step_bench.py --dynamic static --batch 512 --kinds ct \
+        --variants fast fast-library-gn fast-always-gn --out $L/bench-gn-ct.json 2>&1 | grep -v -i warn \
+        | tee $L/bench-gn-ct.log | tail -n 12 ;;
   train) T "$@" ;;
   eval) E "$@" --inception ${INCEPTION:-auto} ;;
   bench) python bench/step_bench.py --dynamic static --batch 512 --out $L/bench.json "$@" 2>&1 | tee $L/bench.log ;;
