@@ -66,7 +66,7 @@ from cmlite.image.unet import GroupNorm, count_parameters, unet_config  # noqa: 
 from cmlite.parameterization import EDMDenoiser  # noqa: E402
 from cmlite.sampling import multistep_sample  # noqa: E402
 from cmlite.schedules import T_MAX  # noqa: E402
-from cmlite.training import Trainer  # noqa: E402
+from cmlite.training import Trainer, compile_net as cmlite_compile_net  # noqa: E402
 
 VARIANTS = {
     "fp32-eager": dict(precision="fp32", channels_last=False, compile=False, tf32=False),
@@ -121,10 +121,8 @@ def compile_net(net: torch.nn.Module, args, variant: str) -> None:
     inputs dynamic, so one graph serves every batch size."""
     heuristic = VARIANTS[variant].get("layout") == "heuristic"
     if args.compile_mode != "default" or heuristic or getattr(net, "_compiled_call_impl", None) is None:
-        from torch._inductor import list_mode_options
-        options = dict(list_mode_options(args.compile_mode)) if args.compile_mode != "default" else {}
-        options["force_layout_optimization"] = VARIANTS[variant]["channels_last"] and not heuristic
-        net.compile(options=options)
+        cmlite_compile_net(net, VARIANTS[variant]["channels_last"] and not heuristic,
+                           None if args.compile_mode == "default" else args.compile_mode)
     if args.dynamic == "batch":
         inner = net._compiled_call_impl
 
@@ -198,10 +196,11 @@ def step_fn(kind: str, tr: Trainer, batch: int, variant: str, device):
 
 
 # ------------------------------------------------------------------------------------------ measurements
-def matmul_peak(device, n: int, reps: int = 10) -> dict:
-    """TFLOP/s of an n x n x n matrix product (bf16 on a GPU, fp32 on a CPU): median of ``reps`` after a
-    warm-up of 5 * reps products (on a GPU ~0.1 s at full clock: a shorter one read 745 and 775 TFLOP/s on
-    one H100 minutes apart)."""
+def matmul_peak(device, n: int, reps: int | None = None) -> dict:
+    """TFLOP/s of an n x n x n matrix product (bf16 on a GPU, fp32 on a CPU): median of ``reps`` (default:
+    30 on a GPU, 10 on a CPU) after a warm-up of 5 * reps products on a GPU (~0.1 s at full clock: a
+    shorter one read 745 and 775 TFLOP/s on one H100 minutes apart)."""
+    reps = reps or (30 if device.type == "cuda" else 10)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
@@ -547,7 +546,7 @@ def main(argv=None) -> int:
     log(f"# {card}; torch {torch.__version__}; preset {args.preset}: {params / 1e6:.2f}M parameters, "
         f"{C}x{H}x{H}; batches {args.batch}; kinds {args.kinds}; variants {args.variants}")
     t_start = time.perf_counter()
-    peak_start = matmul_peak(device, peak_n, reps=30 if device.type == "cuda" else 10)
+    peak_start = matmul_peak(device, peak_n)
     log(f"# matmul peak ({peak_start['dtype']}, {peak_n}^3): {peak_start['tflops']:.3g} TFLOP/s")
     res = {"card": card, "torch": torch.__version__, "cuda": torch.version.cuda, "device": str(device),
            "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
@@ -594,7 +593,7 @@ def main(argv=None) -> int:
                         f"syncs {r['syncs_per_step']}, 1st step {r['first_step_s']:.1f} s, wall {r['wall_s']:.0f} s")
                     if r.get("sync_sites"):
                         log(f"    host syncs at {r['sync_sites']}")
-    peak_end = matmul_peak(device, peak_n, reps=30 if device.type == "cuda" else 10)
+    peak_end = matmul_peak(device, peak_n)
     res["peak"]["end"] = peak_end
     res["wall_s"] = time.perf_counter() - t_start
     write()

@@ -72,8 +72,9 @@ class TrainConfig:
 RESUMABLE_CHANGES = frozenset({"steps", "device", "log_every", "compile", "seed"})  # seed: RNG states come from the file
 
 
-def compile_net(net: nn.Module, channels_last: bool = False) -> nn.Module:
-    """Compile ``net`` in place with ``torch.compile`` (Inductor) and return it.
+def compile_net(net: nn.Module, channels_last: bool = False, mode: str | None = None) -> nn.Module:
+    """Compile ``net`` in place with ``torch.compile`` (Inductor, in ``mode``: None is the default mode, or
+    e.g. "max-autotune-no-cudagraphs") and return it.
 
     With ``channels_last``, Inductor is told to keep the tensors around every convolution channels-last
     (its ``force_layout_optimization``). Left to its own heuristic, Inductor turns this layout optimisation
@@ -82,7 +83,11 @@ def compile_net(net: nn.Module, channels_last: bool = False) -> nn.Module:
     activations it then writes in the default layout reach cuDNN, which copies each one to channels-last
     before the convolution and its backward pass (bench/step_bench.py's ``fast-heuristic`` variant
     measures that layout against this one; the README's speed section has the numbers)."""
-    net.compile(options={"force_layout_optimization": True} if channels_last else None)
+    from torch._inductor import list_mode_options
+    options = dict(list_mode_options(mode)) if mode else {}   # torch.compile takes a mode or options, not both
+    if channels_last:
+        options["force_layout_optimization"] = True
+    net.compile(options=options or None)
     return net
 
 

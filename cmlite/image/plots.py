@@ -24,12 +24,7 @@ def image_rows(rows: list[tuple[str, Tensor]], title: str | None = None, ncols: 
                 ax.imshow(im[..., 0] if im.shape[-1] == 1 else im, cmap="gray", vmin=0, vmax=1,
                           interpolation="nearest")
         axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=fontsize)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    if show:
-        plt.show()
-    return fig
+    return _finish(fig, title, show)
 
 
 def search_trails(searches: dict, title: str | None = None, ncols: int = 3, show: bool = True):
@@ -55,6 +50,12 @@ def search_trails(searches: dict, title: str | None = None, ncols: int = 3, show
         ax.set_xscale("log"), ax.set_xlabel("tau"), ax.set_ylabel("classifier FID")
         ax.set_title(f"{name}: times {', '.join(f'{t:.3g}' for t in s['times'])}", fontsize=9)
         ax.legend(fontsize=7)
+    return _finish(fig, title, show)
+
+
+def _finish(fig, title: str | None, show: bool):
+    """Title, tight layout, ``plt.show()`` unless ``show=False``; returns the figure."""
+    import matplotlib.pyplot as plt
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

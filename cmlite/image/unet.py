@@ -120,6 +120,11 @@ def linear(cin: int, cout: int, scale: float = 1.0) -> nn.Linear:
     return _init(nn.Linear(cin, cout), scale)
 
 
+def _is_channels_last(x: Tensor) -> bool:
+    """True for a 4-d tensor laid out channels-last (and not also contiguous, as with C = 1 or H = W = 1)."""
+    return x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def _per_channel(t: Tensor, c: int) -> Tensor:
     """(N, G) -> (N, C): each group's value repeated for its C/G channels."""
     n, g = t.shape
@@ -198,8 +203,7 @@ class GroupNorm(nn.GroupNorm):
                              f"got {when!r}")
         use = when == "always" or (when == "compiled_no_grad" and not torch.is_grad_enabled()
                                    and torch.compiler.is_compiling())
-        if (use and self.affine and x.ndim == 4 and not x.is_contiguous()
-                and x.is_contiguous(memory_format=torch.channels_last)):
+        if use and self.affine and _is_channels_last(x):
             return _ChannelsLastGroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps)
         return super().forward(x)
 
@@ -237,7 +241,7 @@ class Resample(nn.Module):
         each 2x2 block) keeps that layout too, where a compiled ``F.interpolate`` scatters it into a new
         contiguous tensor that a channels-last convolution then copies."""
         b, c, h, w = x.shape
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        if _is_channels_last(x):
             y = x.permute(0, 2, 3, 1)[:, :, None, :, None, :].expand(b, h, 2, w, 2, c)
             return y.reshape(b, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
         return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
