@@ -61,7 +61,7 @@ def test_presets_and_overrides():
     assert (cfg.img_resolution, cfg.in_channels, cfg.out_channels, cfg.model_channels, cfg.channel_mult,
             cfg.num_blocks, cfg.attn_resolutions, cfg.dropout) == (32, 3, 3, 128, (2, 2, 2), 4, (16,), 0.13)
     assert unet_config("mnist", num_classes=10).num_classes == 10
-    assert set(UNET_PRESETS) == {"tiny", "mnist", "cifar10", "cifar10-small"}
+    assert set(UNET_PRESETS) == {"tiny", "mnist", "mnist-small", "cifar10", "cifar10-small"}
     with pytest.raises(ValueError, match="unknown UNet preset"):
         unet_config("imagenet")
 

@@ -124,13 +124,13 @@ def _recipes() -> dict[str, Recipe]:
         r[name] = Recipe(name=name, dataset=dataset, method=method, net=net, train=train, **kw)
 
     for ds in ("mnist", "fashion-mnist"):
-        add(f"{ds}-teacher", ds, "teacher", "mnist", _gpu(steps=30000, batch_size=256, lr=1e-3, ema_rate=0.999,
+        add(f"{ds}-teacher", ds, "teacher", "mnist-small", _gpu(steps=30000, batch_size=256, lr=1e-3, ema_rate=0.999,
                                                           warmup_steps=200, optimizer="adam"), minutes=4)
-        add(f"{ds}-cd", ds, "cd", "mnist", _gpu(steps=20000, batch_size=256, lr=2e-4, ema_rate=0.999),
+        add(f"{ds}-cd", ds, "cd", "mnist-small", _gpu(steps=20000, batch_size=256, lr=2e-4, ema_rate=0.999),
             minutes=4, net_overrides=dict(CD_STUDENT), mu=CD_MU)
-        add(f"{ds}-ct", ds, "ct", "mnist", _gpu(steps=20000, batch_size=256, lr=4e-4, ema_rate=0.999),
+        add(f"{ds}-ct", ds, "ct", "mnist-small", _gpu(steps=20000, batch_size=256, lr=4e-4, ema_rate=0.999),
             distance="pseudo_huber", s1=150, minutes=8)
-        add(f"{ds}-ict", ds, "ict", "mnist", _gpu(steps=20000, batch_size=256, lr=4e-4, ema_rate=0.999),
+        add(f"{ds}-ict", ds, "ict", "mnist-small", _gpu(steps=20000, batch_size=256, lr=4e-4, ema_rate=0.999),
             distance="pseudo_huber", weighting="ict", s0=10, s1=1280, minutes=8,
             net_overrides={"dropout": 0.2})
     cifar = dict(net="cifar10-small", flip=True)

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Full-budget image runs on one GPU, one stage per call of at most 10 minutes; the run folders, the data and
+# the compile cache stay under /root on the machine between calls while it is up.
+#   bash bench/gpu/runs.sh STAGE OUTDIR
+#   m1  MNIST: teacher (4 min) then CD (4.5 min), beside iCT (8.5 min) on the same GPU; 10k one- and two-step
+#       samples of each consistency model; needs mnist_uint8.npz and the first part of the Inception weights
+#   m2  the second part of the Inception weights; evaluate the MNIST runs (Inception and classifier FID);
+#       start-up time of `cmlite train` with an empty and with a filled compile cache
+#   c1  CIFAR-10: teacher (4 min) then CD (4.5 min), beside iCT (8.5 min); samples; evaluation
+# Data and weights come from the folders prepared by `bash bench/gpu/prepare.sh` (a .gpu/ folder in the checkout).
+# Everything a stage produced (logs, JSON, grids, sample npz files, EMA weights; no checkpoints) is packed
+# into OUTDIR/STAGE.tgz.
+set -uo pipefail
+STAGE=$1; DEST=$(realpath -m "$2"); mkdir -p "$DEST"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 CMLITE_DATA=/root/stash CMLITE_INCEPTION=/root/stash/default_1.pt
+export TORCHINDUCTOR_CACHE_DIR=/root/inductor NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+S=/root/stash R=/root/runs L=/root/logs/$STAGE
+mkdir -p $S $R $L
+pack() { (cd /root && tar czf "$DEST/$STAGE.tgz" --exclude='checkpoint.pt' --exclude='*.tmp' logs runs 2>/dev/null); ls -la "$DEST"; }
+trap pack EXIT
+for d in .gpu/*/; do cp -n $d* $S/ 2>/dev/null; done
+if [ -f $S/inc_aa ] && [ -f $S/inc_ab ] && [ ! -f $S/default_1.pt ]; then
+  cat $S/inc_aa $S/inc_ab > $S/default_1.pt && sha1sum $S/default_1.pt | tee $L/inception.sha1
+fi
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee $L/gpu.txt
+python -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" | tee -a $L/gpu.txt
+git rev-parse HEAD > $L/commit.txt 2>/dev/null || true
+T() { local name=$1; shift; echo "=== train $name $(date +%T)"; local t0=$(date +%s)
+      python -m cmlite train $name --out $R/$name "$@" 2>&1 | tr '\r' '\n' | grep -v '^\s*$' \
+        | awk 'NR%20==1 || /Error|error|Traceback|steps,|first step|calibrat/' > $L/train-$name.log
+      echo "$name wall $(( $(date +%s) - t0 )) s" | tee -a $L/train-$name.log; }
+SAMPLES() { for r in "$@"; do for k in 1 2; do
+      python -m cmlite sample $R/$r --steps $k --n 10000 --out $R/$r/samples-$k.npz 2>&1 | tail -n 1 | tee -a $L/samples.log
+    done; done; }
+E() { local name=$1; shift; echo "=== eval $name $(date +%T)"
+      python -m cmlite eval $R/$name --cache $R --json "$@" > $R/$name/eval.json 2> $L/eval-$name.err; tail -n 3 $L/eval-$name.err
+      python -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['recipe']); [print(' ', x) for x in r['rows']]" \
+        $R/$name/eval.json | tee $L/eval-$name.txt; }
+ms() { date +%s%N | cut -c1-13; }
+case $STAGE in
+  m1) ( T mnist-teacher --minutes ${MIN_TEACHER:-4}; T mnist-cd --teacher $R/mnist-teacher --minutes ${MIN_CD:-4.5} ) &
+      T mnist-ict --minutes ${MIN_ICT:-8.5} &
+      wait; SAMPLES mnist-cd mnist-ict; tail -n 3 $L/train-*.log ;;
+  m2) for r in mnist-teacher mnist-cd mnist-ict; do E $r --inception yes; done
+      for c in cold warm; do
+        [ $c = cold ] && export TORCHINDUCTOR_CACHE_DIR=/root/inductor-startup && rm -rf /root/inductor-startup
+        s=$(ms); python -m cmlite train mnist-ict --steps 1 --out /root/startup-$c --set train.log_every=1 \
+          > $L/startup-$c.log 2>&1; echo "startup $c $(( $(ms) - s )) ms" | tee -a $L/startup.txt
+      done ;;
+  c1) ( T cifar10-teacher --minutes ${MIN_TEACHER:-4}; T cifar10-cd --teacher $R/cifar10-teacher --minutes ${MIN_CD:-4.5} ) &
+      T cifar10-ict --minutes ${MIN_ICT:-8.5} &
+      wait; SAMPLES cifar10-cd cifar10-ict
+      for r in cifar10-teacher cifar10-cd cifar10-ict; do E $r --inception yes; done ;;
+  *) echo "unknown stage $STAGE"; exit 2 ;;
+esac
