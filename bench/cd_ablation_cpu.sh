@@ -3,9 +3,12 @@
 # better. A tiny U-Net teacher (dropout 0.13, as the CIFAR-10 presets) on the project's synthetic 16x16
 # shapes, 600 steps; then CD (tiny-cd: Heun, N = 10, L2, mu = 0, lr 1e-3) from it for 400 steps in each
 # variant below, seeds 0 and 1; classifier FID of 2000 one- and two-step samples (cmlite eval, one call).
-# About 25 minutes on 2 cores. Writes $OUT/summary.json and prints a table.
+# About 25 minutes on 2 cores.
+#   bash bench/cd_ablation_cpu.sh [OUTDIR]   (default bench/out/cd-ablation)
+# Writes OUTDIR/eval.json and OUTDIR/summary.json (the runs go to OUTDIR/runs; a run already there is kept)
+# and prints a table. The results of 2026-11-26 are in docs/results/cpu-cd-ablation/.
 set -euo pipefail
-OUT=${OUT:-bench/out/cd-ablation}; W=$OUT/runs
+OUTDIR=${1:-bench/out/cd-ablation}; W=$OUTDIR/runs
 mkdir -p "$W"
 export OMP_NUM_THREADS=1
 declare -A VARIANTS=(
@@ -28,8 +31,8 @@ for v in "${!VARIANTS[@]}"; do
   done
   wait
 done
-python -m cmlite eval $(ls -d "$W"/*-s[01] | sort) --n 2000 --inception no --json > "$OUT/eval.json"
-python - "$OUT" <<'PY'
+python -m cmlite eval $(ls -d "$W"/*-s[01] | sort) --n 2000 --inception no --json > "$OUTDIR/eval.json"
+python - "$OUTDIR" <<'PY'
 import json, sys
 from collections import defaultdict
 from pathlib import Path

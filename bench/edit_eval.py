@@ -14,10 +14,10 @@ on it), on held-out real images:
 * the greedy ternary time search on classifier FID for 2 and 3 steps (one 3-step search: its first two
   times are the 2-step result), beside the official CIFAR-10 two-step time 0.585.
 
-Held-out images: MNIST -- an evenly spaced subset of the test split. CIFAR-10 -- only the training split is
-available here, sorted by class, so an evenly spaced subset of it (every 50th image for n = 1000: 100 per
-class). **These CIFAR-10 images are in the generative models' training set** (and in the classifier's
-unless they fall in its 5000-image holdout); the MNIST ones are not.
+Held-out images: an evenly spaced subset of the unseen images of :func:`cmlite.image.run.load_train_test` --
+MNIST's test split; for CIFAR-10, whose test split is not available here, the 10,000 training images held out
+of training (:func:`cmlite.image.data.hold_out_floor`, seed 0), which the image recipes never train on. A run
+trained on all 50,000 (its recipe.json's ``train_images``) has seen them: the report says so.
 
 Outputs in --out: ``edit_<dataset>.json`` (every number), ``edit_<dataset>.md`` (the tables),
 ``edit_<dataset>.png`` (a figure: for every task the rows observed input, each model's result, the teacher
@@ -29,8 +29,8 @@ GPU, real runs (folders RUNS/<dataset>-{teacher,cd,ict}; data files in DATA)::
     python bench/edit_eval.py --runs /root/runs --data DATA --out bench/out/edit --datasets mnist cifar10
 
 Cost per data set (two consistency models, defaults): the models' edits ~100k image-evaluations, the
-teacher-ODE baseline ~430k (200 images x 8 calls x 34 evaluations per task), the time search ~260k
-(27 evaluations of 2000 samples per model), plus the classifier's training when it is not cached beside
+teacher-ODE baseline ~430k (200 images x 8 calls x 34 evaluations per task), the time search ~245k
+(25 evaluations of 2000 samples per model), plus the classifier's training when it is not cached beside
 the runs yet (the same cache as ``cmlite eval``). Estimated from the networks' FLOPs (2.5 GFLOP per MNIST
 image, 8.5 per CIFAR-10 image), not measured: about 1 minute for MNIST and 2-3 for CIFAR-10 on one H100.
 --n-teacher, --search-n and --search-iters trade time for precision.
@@ -84,9 +84,9 @@ class Timer:
 _DATA: dict = {}
 
 
-def data_splits(recipe: Recipe, root) -> tuple[ImageData, ImageData | None]:
-    """load_train_test (train split, test split or None), decoded once per process (CIFAR-10's 50k JPEGs
-    take seconds)."""
+def data_splits(recipe: Recipe, root) -> tuple[ImageData, ImageData]:
+    """load_train_test (the training images, the unseen ones: test split or held-out set), decoded once per
+    process (CIFAR-10's 50k JPEGs take seconds)."""
     key = (recipe.dataset, str(recipe.net_overrides), str(root))
     if key not in _DATA:
         _DATA[key] = load_train_test(recipe, root)
@@ -114,41 +114,37 @@ def quick_runs(root: Path, channels: int) -> Path:
     return root
 
 
-def eval_images(dataset: str, recipe: Recipe, data_root, n: int) -> tuple[ImageData, dict]:
-    """The held-out images the edits are measured on, and a description of them."""
+def eval_images(dataset: str, recipe: Recipe, data_root, n: int,
+                train_images: list | None = None) -> tuple[ImageData, dict]:
+    """The held-out images the edits are measured on, and a description of them. ``train_images``: the
+    models' ``train_images`` (from their recipe.json) to check that none trained on them."""
     if dataset in ("synthetic", "synthetic-rgb"):
         ch = 1 if dataset == "synthetic" else 3
         d = synthetic_dataset(n, channels=ch, resolution=16, num_classes=4, seed=1)
         return d, {"source": "synthetic shapes, seed 1 (the runs were trained on seed 0)", "in_training_set": False}
-    if dataset == "mnist":
-        test = data_splits(recipe, data_root)[1]
-        step = len(test) // n
-        idx = torch.arange(n) * step
-        return test.subset(idx), {"source": f"MNIST test split, every {step}th image ({n})", "in_training_set": False,
-                                  "indices": f"arange({n}) * {step}"}
-    full = data_splits(recipe, data_root)[0]
-    step = len(full) // n
+    train, unseen = data_splits(recipe, data_root)
+    if len(unseen) < 2 * n:
+        raise ValueError(f"{dataset}: {len(unseen)} unseen images ({unseen.source}) are too few for --n {n} edit "
+                         f"images and as many floor images: lower --n")
+    step = len(unseen) // n
     idx = torch.arange(n) * step
-    return full.subset(idx), {
-        "source": f"{dataset} training split, every {step}th image ({n}; the file is sorted by class, so "
-                  f"{n // max(full.num_classes, 1)} per class)",
-        "in_training_set": True,
-        "note": "no test split here: these images ARE in the generative models' training set",
-        "indices": f"arange({n}) * {step}"}
+    seen = [k for k in (train_images or []) if k is not None and k != len(train)]
+    desc = {"source": f"{unseen.source}, every {step}th image ({n})", "in_training_set": bool(seen),
+            "indices": f"arange({n}) * {step}"}
+    if seen:
+        desc["note"] = (f"a model trained on {seen[0]} images, not the {len(train)} that exclude these: it may have "
+                        "seen them")
+    return unseen.subset(idx), desc
 
 
 def floor_images(dataset: str, recipe: Recipe, data_root, n: int) -> torch.Tensor:
-    """n other real images (disjoint from eval_images) for the FID floor."""
+    """n other real images (disjoint from eval_images: the unseen images between theirs) for the FID floor."""
     if dataset in ("synthetic", "synthetic-rgb"):
         return synthetic_dataset(n, channels=1 if dataset == "synthetic" else 3, resolution=16, num_classes=4,
                                  seed=2).images
-    if dataset == "mnist":
-        test = data_splits(recipe, data_root)[1]
-        step = len(test) // n
-        return test.images[torch.arange(n) * step + step // 2]
-    full = data_splits(recipe, data_root)[0]
-    step = len(full) // n
-    return full.images[torch.arange(n) * step + step // 2]
+    unseen = data_splits(recipe, data_root)[1]
+    step = len(unseen) // n
+    return unseen.images[torch.arange(n) * step + step // 2]
 
 
 # ------------------------------------------------------------------------------------------------ tasks
@@ -230,8 +226,8 @@ def markdown(result: dict) -> str:
              f"Classifier accuracy on the originals: {result.get('accuracy_originals', float('nan')):.4f}. "
              f"Teacher ODE: Heun on N = {result['settings']['baseline_N']} points per call, on "
              f"{result['settings']['n_teacher']} of the images."
-             + (" **These images are in the generative models' training set** (no test split of this data set "
-                "here)." if result["eval_images"].get("in_training_set") else ""), "",
+             + (f" **A model may have trained on these images**: {result['eval_images'].get('note')}."
+                if result["eval_images"].get("in_training_set") else ""), "",
              "| task | method | NFE | PSNR | SSIM | known-part err | accuracy | FID (classifier) |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for tname, t in result["tasks"].items():
@@ -276,7 +272,7 @@ def evaluate_dataset(ds: str, runs: Path, args, device) -> dict:
     recipe = Recipe.from_dict(info0["recipe"])
     C, H, W = info0["shape"]
     data_root = args.data
-    ev, ev_desc = eval_images(ds, recipe, data_root, args.n)
+    ev, ev_desc = eval_images(ds, recipe, data_root, args.n, [i.get("train_images") for _, i in models.values()])
     x = (ev.images.float() / 127.5 - 1).to(device)
     labels = ev.labels
     n_t = min(args.n_teacher, args.n)
@@ -308,8 +304,7 @@ def evaluate_dataset(ds: str, runs: Path, args, device) -> dict:
         fl = floor_images(ds, recipe, data_root, n_t)
         floor_fid = {"n": n_t, **{k: s.score(fl) for k, s in scorers.items()}}
         if args.search_n:
-            search_scorer = FIDScorer(feat, train_data.images, device, batch_size=1000,
-                                      floor_images=None if test_data is None else test_data.images)
+            search_scorer = FIDScorer(feat, train_data.images, device, batch_size=1000, floor_images=test_data.images)
     result = {"dataset": ds, "eval_images": ev_desc, "models": {m: str(d) for m, d in model_dirs.items()},
               "teacher": str(teacher_dir) if teacher is not None else None,
               "settings": {"n": args.n, "n_teacher": n_t, "baseline_N": args.baseline_N, "steps": args.steps,

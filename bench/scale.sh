@@ -4,10 +4,11 @@
 # run summary's steady_images_per_second counts the log steps after the first STEADY_AFTER = 10 steps, so
 # start-up, data loading, compilation and the final checkpoint and sample grid are left out.
 #
-#   bench/scale.sh 1          # one GPU (CUDA_VISIBLE_DEVICES=0), on the 2-GPU machine itself
-#   bench/scale.sh 2          # torchrun --nproc-per-node 2, the same global batch (strong scaling)
-#   bench/scale.sh report     # the table and $OUT/scale.json from the runs made so far
-#   bench/scale.sh both       # 1, 2 and report in one go (about twice the time of one)
+#   bash bench/scale.sh 1 [OUTDIR]        # one GPU (CUDA_VISIBLE_DEVICES=0), on the 2-GPU machine itself
+#   bash bench/scale.sh 2 [OUTDIR]        # torchrun --nproc-per-node 2, the same global batch (strong scaling)
+#   bash bench/scale.sh report [OUTDIR]   # the table, OUTDIR/scale.json and OUTDIR/topo.txt from the runs so far
+#   bash bench/scale.sh both [OUTDIR]     # 1, 2 and report in one go (about twice the time of one)
+# OUTDIR: where scale.json and topo.txt go (default bench/out/scale).
 #
 # Environment (defaults in brackets):
 #   RECIPE [cifar10-ct]   STEPS [400]   LOG [50: log_every, the steady-state marks]
@@ -15,16 +16,17 @@
 #   NET    [the recipe's U-Net preset, cifar10-small for cifar10-ct; NET=cifar10 is the 55.7M network]
 #   DATA   [synthetic: 2048 random-shape images of the recipe's size (throughput does not depend on the
 #          pixels); DATA=real uses the recipe's data set from $CMLITE_DATA]
-#   RUNS   [/tmp/cmlite-scale: run folders]   OUT [./out: where scale.json goes; set by the device tool]
-#   TORCHINDUCTOR_CACHE_DIR [/tmp/cmlite-inductor: kept between calls while the machine stays warm]
+#   RUNS   [runs/scale: the run folders, g1 and g2]
+#   TORCHINDUCTOR_CACHE_DIR [runs/scale-inductor: the compile cache; a second run of the same network and
+#          batch finds its kernels there]
 set -euo pipefail
 MODE=${1:-both}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-# NVLink multicast stays off on these machines (KINDS.md): keep it off in every process we start
+# NVLink multicast (NCCL's NVLS, torch's symmetric memory) stays off in every process we start
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/cmlite-inductor}
-RECIPE=${RECIPE:-cifar10-ct} STEPS=${STEPS:-400} LOG=${LOG:-50} RUNS=${RUNS:-/tmp/cmlite-scale}
-OUTDIR=${OUT:-out}
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/runs/scale-inductor}
+RECIPE=${RECIPE:-cifar10-ct} STEPS=${STEPS:-400} LOG=${LOG:-50} RUNS=${RUNS:-runs/scale}
+OUTDIR=${2:-bench/out/scale}
 mkdir -p "$RUNS" "$OUTDIR"
 
 SETS=(train.log_every=$LOG)
@@ -90,5 +92,5 @@ case $MODE in
   2) run 2; report ;;
   report) report ;;
   both) run 1; run 2; report ;;
-  *) echo "usage: bench/scale.sh 1|2|both|report" >&2; exit 2 ;;
+  *) echo "usage: bash bench/scale.sh 1|2|both|report [OUTDIR]" >&2; exit 2 ;;
 esac

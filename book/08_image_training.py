@@ -29,28 +29,38 @@
 # * **the teacher** of distillation: no analytic denoiser exists, so we train one first, by denoising score
 #   matching with EDM's weighting, with the *same* `Trainer`.
 #
-# This chapter does all of it in a few cells. With `CMLITE_FAST=1` (the test suite, a CPU) it trains a tiny
-# U-Net on a synthetic data set that it makes itself, in about a minute; on a GPU it runs the MNIST recipe.
+# This chapter does all of it in a few cells. On a GPU it trains on MNIST. On a CPU it trains a tiny U-Net
+# on a synthetic data set that it makes itself: with `CMLITE_FAST=1` (the test suite) the whole chapter takes
+# about 2 minutes of one core (measured on 2026-11-26: 95 s of training, 300 teacher and 300 distillation
+# steps; a machine busy with other work takes proportionally longer). Without it the CPU run trains 10 times
+# as many teacher steps and 5 times as many distillation steps, at twice the batch.
 
 # %%
+import json
 import os
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 
+import cmlite
 from cmlite import (ConsistencyDistillationLoss, ConsistencyModel, DenoisingScoreMatchingLoss, EDMDenoiser,
                     FixedSchedule, TrainConfig, Trainer, karras_boundaries, multistep_sample, solve)
 from cmlite.image.callbacks import SampleGrid
 from cmlite.image.data import GPUBatches, ImageData, load_dataset, make_grid, synthetic_dataset, to_uint8
 from cmlite.image.fid import FIDScorer
 from cmlite.image.classifier import classifier_features, train_classifier
+from cmlite.image.recipes import CD_MU, CD_STUDENT, Recipe
+from cmlite.image.run import load_run, load_train_test
 from cmlite.image.unet import UNet, count_parameters, unet_config
 from cmlite.threads import set_small_model_threads
 
 FAST = os.environ.get("CMLITE_FAST") == "1"
 GPU = torch.cuda.is_available() and not FAST
 device = torch.device("cuda" if GPU else "cpu")
+REPO = Path(cmlite.__file__).resolve().parents[1]   # the checkout: docs/results, pretrained weights
 if not GPU:
     set_small_model_threads()
 torch.manual_seed(0)
@@ -66,25 +76,44 @@ def show(images, title, nrow=8, ax=None):
 
 
 # %% [markdown]
-# ## The data
+# ## The data, and pretrained weights
 #
 # On a GPU: MNIST from local files (`load_dataset("mnist")` looks in `$CMLITE_DATA`, `./data` and
 # `~/.cache/cmlite`, and `download=True` fetches it with torchvision). On a CPU: four classes of shapes
-# (disc, square, bar, cross) at $16 \times 16$, small enough to learn in a minute. `GPUBatches` keeps the
+# (disc, square, bar, cross) at $16 \times 16$, small enough to learn in a few minutes. `GPUBatches` keeps the
 # whole set on the device as uint8 and draws each batch there (no data loader, no host copies).
+#
+# **Pretrained weights.** `PRETRAINED` below names a folder for a teacher and a CD model trained elsewhere:
+# two run folders, `teacher/` and `cd/`, as `cmlite train` writes them (`recipe.json` and `ema.safetensors`).
+# When both are there and their data set can be loaded, a CPU run loads them instead of training the tiny
+# model, and every later cell uses them. Otherwise the chapter trains as described.
 
 # %%
+PRETRAINED = REPO / "pretrained" / "mnist"   # teacher/ and cd/ run folders; used on a CPU when present
+pretrained = None
+if not GPU and all((PRETRAINED / r / "ema.safetensors").is_file() for r in ("teacher", "cd")):
+    teacher_run, teacher_info = load_run(PRETRAINED / "teacher")
+    try:
+        real, held_out = load_train_test(Recipe.from_dict(teacher_info["recipe"]))
+        pretrained = {"teacher": teacher_run, "cd": load_run(PRETRAINED / "cd")[0]}
+    except FileNotFoundError as e:
+        print(f"{PRETRAINED} holds pretrained runs, but not their data set ({e}); training the tiny model instead")
 if GPU:
-    data = load_dataset("mnist")
+    real, held_out = load_dataset("mnist"), load_dataset("mnist", split="test")
     net_cfg = unet_config("mnist")
     TEACHER_STEPS, CD_STEPS, BATCH = 3000, 2000, 256
+elif pretrained:
+    net_cfg = pretrained["teacher"].net.config
+    TEACHER_STEPS, CD_STEPS, BATCH = 0, 0, 256
 else:
-    data = synthetic_dataset(2048, channels=1, resolution=16, num_classes=4, seed=0)
+    real = synthetic_dataset(2048, channels=1, resolution=16, num_classes=4, seed=0)
+    held_out = synthetic_dataset(512, channels=1, resolution=16, num_classes=4, seed=1)
     net_cfg = unet_config("tiny", img_resolution=16, in_channels=1, model_channels=16)
-    TEACHER_STEPS, CD_STEPS, BATCH = (300, 120, 32) if FAST else (3000, 1500, 64)
-data = ImageData(data.images, None, 0, data.name)  # unconditional: drop the labels for training
+    TEACHER_STEPS, CD_STEPS, BATCH = (300, 300, 32) if FAST else (3000, 1500, 64)
+data = ImageData(real.images, None, 0, real.name)  # unconditional: drop the labels for training
 C, H, W = data.images.shape[1:]
-print(f"{len(data)} images of shape {C}x{H}x{W}; U-Net with {count_parameters(UNet(net_cfg)):,} parameters")
+print(f"{len(data)} images of shape {C}x{H}x{W}; U-Net with {count_parameters(UNet(net_cfg)):,} parameters"
+      + (f"; pretrained weights from {PRETRAINED}" if pretrained else ""))
 show(data.images[:32], "training images")
 
 # %% [markdown]
@@ -97,46 +126,70 @@ show(data.images[:32], "training images")
 # \quad \lambda(t) = \frac{t^2 + \sigma_d^2}{(t\sigma_d)^2}.$$
 #
 # `Trainer.fit` shows a live bar (loss, images per second, time left with a budget) and, through the
-# `SampleGrid` callback, a grid of the EMA network's samples (Heun ODE, 34 network evaluations) that updates in
-# place.
+# `SampleGrid` callback, a grid of the EMA network's samples (Heun on the Karras grid; the cell prints how many
+# network evaluations) that updates in place.
 
 # %%
 fast_cfg = dict(device=str(device), precision="bf16" if GPU else "fp32", channels_last=GPU, compile=GPU,
                 log_every=50 if GPU else 10)
-teacher = Trainer(EDMDenoiser(UNet(net_cfg)), DenoisingScoreMatchingLoss(), GPUBatches(data, BATCH, device),
-                  TrainConfig(steps=TEACHER_STEPS, batch_size=BATCH, lr=2e-3 if not GPU else 1e-3,
-                              ema_rate=0.995 if not GPU else 0.999, **fast_cfg))
-t0 = time.time()
-teacher.fit(desc="teacher", callback=SampleGrid((C, H, W), n=32, teacher_N=10 if FAST else 18),
-            callback_every=TEACHER_STEPS // 2)
-print(f"teacher: {teacher.step} steps in {time.time() - t0:.0f} s")
+GRID_N = 10 if FAST else 18                          # Heun grid points of the live grid: 2(N - 1) evaluations
+if pretrained:
+    teacher_ema, teacher_history = pretrained["teacher"], None
+    print(f"teacher: loaded from {PRETRAINED / 'teacher'}")
+else:
+    teacher = Trainer(EDMDenoiser(UNet(net_cfg)), DenoisingScoreMatchingLoss(), GPUBatches(data, BATCH, device),
+                      TrainConfig(steps=TEACHER_STEPS, batch_size=BATCH, lr=2e-3 if not GPU else 1e-3,
+                                  ema_rate=0.995 if not GPU else 0.999, **fast_cfg))
+    print(f"live grid: the teacher's Heun ODE on {GRID_N} points, {2 * (GRID_N - 1)} network evaluations per sample")
+    t0 = time.time()
+    teacher.fit(desc="teacher", callback=SampleGrid((C, H, W), n=32, teacher_N=GRID_N),
+                callback_every=TEACHER_STEPS // 2)
+    print(f"teacher: {teacher.step} steps in {time.time() - t0:.0f} s")
+    teacher_ema, teacher_history = teacher.ema, teacher.history
 
 # %% [markdown]
 # ## Step 2: consistency distillation from it (Algorithm 2)
 #
-# The online network starts from the teacher's weights (as the official code does); each step takes one
-# Heun step of the teacher's PF ODE from $t_{n+1}$ to $t_n$ on the $N = 18$ Karras grid and pulls
-# $f_\theta(x_{t_{n+1}}, t_{n+1})$ towards the target $f_{\theta^-}(\hat x_{t_n}, t_n)$ ($\mu = 0$: the target is
-# the online network under stop-gradient). The grid shows one-step samples.
+# The online network starts from the teacher's weights (as the official code does). Each step takes one
+# Heun step of the teacher's PF ODE from $t_{n+1}$ to $t_n$ on the $N = 18$ Karras grid, and pulls
+# $f_\theta(x_{t_{n+1}}, t_{n+1})$ towards the target $f_{\theta^-}(\hat x_{t_n}, t_n)$. The grid shows
+# one-step samples.
+#
+# The settings are those of cmlite's CD recipes (`cmlite.image.recipes`):
+#
+# * **The target lags the online network**: $\theta^- \leftarrow \mu\theta^- + (1-\mu)\theta$ after every step,
+#   with $\mu$ = `CD_MU` = 0.95 (the official ImageNet-64 and LSUN setting; the paper's CIFAR-10 run uses
+#   $\mu = 0$ with an LPIPS distance).
+# * **The student has no dropout** (`CD_STUDENT`), as in the official CD commands.
+#
+# With $\mu = 0$ the target is the online network itself under stop-gradient, and with dropout every target
+# carries a fresh dropout mask. Short L2 distillation runs with both leave speckle in the one-step samples.
+# A toy-scale ablation and a CIFAR-10 run on an H100 measured this; `docs/image-results.md` has both.
 
 # %%
-net = UNet(net_cfg)
-net.load_state_dict(teacher.ema.net.state_dict())
-cd = Trainer(ConsistencyModel(net), ConsistencyDistillationLoss(teacher.ema.requires_grad_(False), solver="heun"),
-             GPUBatches(data, BATCH, device, seed=1),
-             TrainConfig(steps=CD_STEPS, batch_size=BATCH, lr=2e-4 if GPU else 5e-4, ema_rate=0.99 if not GPU else 0.999,
-                         **fast_cfg), FixedSchedule(N=18, mu=0.0))
-t0 = time.time()
-cd.fit(desc="CD", callback=SampleGrid((C, H, W), n=32), callback_every=CD_STEPS // 2)
-print(f"CD: {cd.step} steps in {time.time() - t0:.0f} s")
+if pretrained:
+    cd_ema, cd_history = pretrained["cd"], None
+    print(f"CD model: loaded from {PRETRAINED / 'cd'}")
+else:
+    net = UNet(replace(net_cfg, **CD_STUDENT))        # the student: the teacher's network without dropout
+    net.load_state_dict(teacher_ema.net.state_dict())
+    cd = Trainer(ConsistencyModel(net), ConsistencyDistillationLoss(teacher_ema.requires_grad_(False), solver="heun"),
+                 GPUBatches(data, BATCH, device, seed=1),
+                 TrainConfig(steps=CD_STEPS, batch_size=BATCH, lr=2e-4 if GPU else 5e-4,
+                             ema_rate=0.99 if not GPU else 0.999, **fast_cfg), FixedSchedule(N=18, mu=CD_MU))
+    t0 = time.time()
+    cd.fit(desc="CD", callback=SampleGrid((C, H, W), n=32), callback_every=CD_STEPS // 2)
+    print(f"CD (target EMA mu = {CD_MU}): {cd.step} steps in {time.time() - t0:.0f} s")
+    cd_ema, cd_history = cd.ema, cd.history
 
 # %%
-fig, ax = plt.subplots(1, 2, figsize=(9, 3))
-ax[0].plot(teacher.history["step"], teacher.history["loss"])
-ax[0].set(title="teacher: DSM loss", xlabel="step", yscale="log")
-ax[1].plot(cd.history["step"], cd.history["loss"])
-ax[1].set(title="CD loss (squared L2 between f_theta and its target)", xlabel="step", yscale="log")
-plt.tight_layout()
+if teacher_history and cd_history:
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3))
+    ax[0].plot(teacher_history["step"], teacher_history["loss"])
+    ax[0].set(title="teacher: DSM loss", xlabel="step", yscale="log")
+    ax[1].plot(cd_history["step"], cd_history["loss"])
+    ax[1].set(title="CD loss (squared L2 between f_theta and its target)", xlabel="step", yscale="log")
+    plt.tight_layout()
 
 # %% [markdown]
 # ## Samples: the teacher's ODE against one and two consistency steps
@@ -148,9 +201,9 @@ plt.tight_layout()
 g = torch.Generator(device=device).manual_seed(0)
 xT = 80.0 * torch.randn((32, C, H, W), generator=g, device=device)
 with torch.no_grad():
-    ode = solve(teacher.ema, xT, karras_boundaries(18).flip(0), "heun")
-    one = multistep_sample(cd.ema, xT, [80.0])
-    two = multistep_sample(cd.ema, xT, [80.0, 0.585], generator=torch.Generator(device=device).manual_seed(1))
+    ode = solve(teacher_ema, xT, karras_boundaries(18).flip(0), "heun")
+    one = multistep_sample(cd_ema, xT, [80.0])
+    two = multistep_sample(cd_ema, xT, [80.0, 0.585], generator=torch.Generator(device=device).manual_seed(1))
 fig, ax = plt.subplots(1, 3, figsize=(12, 4))
 for a, (x, title) in zip(ax, [(ode, "teacher, Heun ODE (34 NFE)"), (one, "CD, 1 step (1 NFE)"),
                               (two, "CD, 2 steps (2 NFE)")]):
@@ -167,19 +220,17 @@ plt.tight_layout()
 # the generator never saw, at the same sample size.
 
 # %%
-real = synthetic_dataset(2048, channels=1, resolution=16, num_classes=4, seed=0) if not GPU else load_dataset("mnist")
-held_out = synthetic_dataset(512, channels=1, resolution=16, num_classes=4, seed=1) if not GPU else \
-    load_dataset("mnist", split="test")
-clf, acc = train_classifier(real, held_out, steps=60 if FAST else 1000, batch_size=128, width=16 if not GPU else 64,
+tiny = not GPU and not pretrained                   # the synthetic shapes: a narrow classifier is enough
+clf, acc = train_classifier(real, held_out, steps=60 if FAST else 1000, batch_size=128, width=16 if tiny else 64,
                             device=device)
 scorer = FIDScorer(classifier_features(clf), real.images, device, floor_images=held_out.images)
 n = 256 if FAST else (10000 if GPU else 1000)
 g = torch.Generator(device=device).manual_seed(2)
 with torch.no_grad():
     xT = 80.0 * torch.randn((n, C, H, W), generator=g, device=device)
-    results = {"teacher Heun ODE (34 NFE)": solve(teacher.ema, xT, karras_boundaries(18).flip(0), "heun"),
-               "CD 1 step": multistep_sample(cd.ema, xT, [80.0]),
-               "CD 2 steps": multistep_sample(cd.ema, xT, [80.0, 0.585], generator=g)}
+    results = {"teacher Heun ODE (34 NFE)": solve(teacher_ema, xT, karras_boundaries(18).flip(0), "heun"),
+               "CD 1 step": multistep_sample(cd_ema, xT, [80.0]),
+               "CD 2 steps": multistep_sample(cd_ema, xT, [80.0, 0.585], generator=g)}
 floor = scorer.floor(n)["fid"]
 print(f"classifier test accuracy {acc:.3f}; {n} samples each; floor (held-out real images) {floor:.3f}")
 for name, x in results.items():
@@ -204,14 +255,15 @@ for name, x in results.items():
 # training goes on; iCT's curriculum does the same in steps (its grid starts at N = 10 points and doubles).
 # Whether this beats distillation at a budget of minutes has not been measured here yet.
 #
-# The README's image table lists what these runs measured on an H100. What a short run can and cannot do:
+# `docs/image-results.md` lists what these runs measured on H100s. What a short run can and cannot do:
 # the paper trains CD for 800k steps of batch 512 with an LPIPS distance; minutes of training reach
 # recognisable one-step samples, not the paper's FIDs.
 
 # %% [markdown]
 # ## What a few minutes on an H100 gave
 #
-# The runs behind the README's table left their `eval.json` files in `docs/results/`. Each holds, for
+# The runs behind `docs/image-results.md` left their `eval.json` files in the checkout's `docs/results/`, one
+# folder per group of runs (`gpu-2026-11-26`, then `…b` and `…c`, in the order they were made). Each holds, for
 # 10,000 samples, the Fréchet distance to the training set in two feature spaces (Inception-v3 and
 # cmlite's own classifier) and the *floor*: the same distance for real images the model never saw. The
 # plot puts each teacher's FID against its number of network evaluations (Heun on 2 … 18 grid points)
@@ -220,36 +272,37 @@ for name, x in results.items():
 # price that shrinks with training (these runs had 1–6 minutes; the paper's, days).
 
 # %%
-import json
-from pathlib import Path
-
-RESULTS = Path("..") / "docs" / "results"
-runs, sessions = {}, sorted(p.name for p in RESULTS.glob("gpu-*"))  # one folder per GPU session
+RESULTS = REPO / "docs" / "results"   # beside the cmlite package in a checkout (not in an installed wheel)
+runs = {}
 for f in sorted(RESULTS.glob("gpu-*/*/eval.json")):
     e = json.loads(f.read_text())
-    e["session"] = f.parent.parent.name
-    runs[f"{e['recipe']}, {e['session']}"] = e
-MARKER = {"teacher": "o-", "cd": "s--", "ict": "^--", "ct": "v--"}  # colour: the session; marker: the method
-print(f"{len(runs)} evaluated GPU runs in {RESULTS}")
-
-fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-for row, ds in enumerate(("mnist", "cifar10")):
-    for col, space in enumerate(("inception", "classifier")):
-        ax = axes[row, col]
-        for name, e in runs.items():
-            if not e["recipe"].startswith(ds + "-"):
-                continue
-            nfe = [r["nfe"] for r in e["rows"]]
-            fid = [r[f"fid_{space}"] for r in e["rows"]]
-            ax.plot(nfe, fid, MARKER[e["recipe"].split("-")[-1]], color=f"C{sessions.index(e['session'])}",
-                    label=name)
-        floor = next(e for e in runs.values() if e["recipe"].startswith(ds + "-"))["floors"][space]["fid"]
-        ax.axhline(floor, color="k", lw=0.8, ls=":", label=f"floor {floor:.3g}")
-        ax.set(xscale="log", yscale="log", xlabel="network evaluations per sample", ylabel=f"{space} FID",
-               title=f"{ds}: {space} FID (10k samples)")
-        ax.legend(fontsize=7)
-plt.tight_layout()
-plt.show()
+    e["folder"] = f.parent.parent.name
+    runs[f"{e['recipe']}, {e['folder']}"] = e
+folders = sorted({e["folder"] for e in runs.values()})
+MARKER = {"teacher": "o-", "cd": "s--", "ict": "^--", "ct": "v--"}  # colour: the results folder; marker: the method
+if not runs:
+    print(f"no stored GPU results in {RESULTS}: this cell reads docs/results/gpu-*/*/eval.json of a checkout of "
+          "the cmlite repository (an installed package does not carry them)")
+else:
+    print(f"{len(runs)} evaluated GPU runs in {RESULTS}")
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for row, ds in enumerate(("mnist", "cifar10")):
+        for col, space in enumerate(("inception", "classifier")):
+            ax = axes[row, col]
+            these = [(name, e) for name, e in runs.items() if e["recipe"].startswith(ds + "-")]
+            for name, e in these:
+                nfe = [r["nfe"] for r in e["rows"]]
+                fid = [r[f"fid_{space}"] for r in e["rows"]]
+                ax.plot(nfe, fid, MARKER[e["recipe"].split("-")[-1]], color=f"C{folders.index(e['folder'])}",
+                        label=name)
+            if these:
+                floor = these[0][1]["floors"][space]["fid"]
+                ax.axhline(floor, color="k", lw=0.8, ls=":", label=f"floor {floor:.3g}")
+            ax.set(xscale="log", yscale="log", xlabel="network evaluations per sample", ylabel=f"{space} FID",
+                   title=f"{ds}: {space} FID (10k samples)")
+            ax.legend(fontsize=7)
+    plt.tight_layout()
+    plt.show()
 
 for name, e in runs.items():
     best = min(e["rows"], key=lambda r: r["fid_inception"])

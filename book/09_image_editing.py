@@ -26,8 +26,8 @@
 #
 # * with `CMLITE_RUNS=/path/to/runs` in the environment: the trained runs there (`mnist-cd`, `mnist-teacher`,
 #   `cifar10-cd`, `cifar10-teacher`, as made by `cmlite train`; a GPU is used when there is one), measured on
-#   held-out images (the MNIST test split; for CIFAR-10, whose test split is not available here, an evenly
-#   spaced subset of the training images -- which the models were trained on);
+#   held-out images (the MNIST test split; for CIFAR-10, whose test split is not available here, the 10k
+#   training images that the image recipes hold out of training, `cmlite.image.data.hold_out_floor`);
 # * otherwise a tiny U-Net trained here, on the CPU, on the project's synthetic colour shapes: a teacher
 #   (EDM denoising score matching), then a consistency model distilled from it (CD, Algorithm 2).
 #   `CMLITE_FAST=1` (the test suite) trains it for about half a minute, which is enough to run every cell
@@ -113,11 +113,10 @@ def real_world(ds: str) -> dict | None:
     recipe = Recipe.from_dict(info["recipe"])
     train_set, test = load_train_test(recipe)
     clf, _ = get_classifier(recipe, train_set, test, runs, DEVICE)
-    if test is not None:   # MNIST: an evenly spaced subset of the test split
-        held_out, note = test.subset(torch.arange(N_METRIC) * (len(test) // N_METRIC)), "test-split images"
-    else:                  # CIFAR-10: no test split here; sorted by class, so an evenly spaced subset
-        held_out = train_set.subset(torch.arange(N_METRIC) * (len(train_set) // N_METRIC))
-        note = "training images (no test split here): the models have seen them"
+    # an evenly spaced subset of the unseen images: MNIST's test split, CIFAR-10's held-out training images
+    held_out, note = test.subset(torch.arange(N_METRIC) * (len(test) // N_METRIC)), test.source
+    if info.get("train_images") not in (None, len(train_set)):
+        note += f" (but this run trained on {info['train_images']} images: it may have seen them)"
     return {"name": ds, "cm": cm, "info": info, "teacher": load_run(runs / f"{ds}-teacher", DEVICE)[0],
             "eval": held_out, "train": train_set, "clf": clf, "note": note}
 

@@ -26,10 +26,24 @@ def _positive_int(s: str) -> int:
     return v
 
 
-def _add_threads(parser) -> None:
-    parser.add_argument("--threads", type=_positive_int, default=None,
-                        help="torch intra-op threads (default: $CMLITE_THREADS, else 1: the tensors are tiny, and "
-                             "more threads only add contention, badly so when other processes share the cores)")
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s}")
+    return v
+
+
+def _add_threads(parser, images: bool = False) -> None:
+    if images:
+        from .threads import IMAGE_THREADS_HELP
+        help = IMAGE_THREADS_HELP
+    else:
+        help = ("torch intra-op threads (default: $CMLITE_THREADS, else 1: the tensors are tiny, and more threads "
+                "only add contention, badly so when other processes share the cores)")
+    parser.add_argument("--threads", type=_positive_int, default=None, help=help)
 
 
 def _check_out(parser, out: str) -> None:
@@ -65,7 +79,7 @@ def main(argv=None) -> int:
                         "schedules (its one-step samples fill a disc)")
     _add_threads(d)
 
-    t = sub.add_parser("theorem", help="numerical checks of Theorems 1 and 2 (tables of errors and slopes)")
+    t = sub.add_parser("theorem", help="numerical checks of Theorems 1-6 (tables of errors, orders and z-scores)")
     t.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     t.add_argument("--learned", action="store_true",
                    help="also train small MLPs by CD (Euler and Heun teachers) and compare (several minutes)")

@@ -83,10 +83,14 @@ def ternary_search_times(model, score: Callable[[Tensor], float], n_steps: int, 
     tau_1 = T. Each further tau_j is chosen by a ternary search over log tau in (eps, tau_{j-1}) that
     minimises ``score(samples)`` (lower is better, e.g. a sliced Wasserstein distance to data), with the
     earlier points fixed; it assumes the score is unimodal in tau_j. Every evaluation uses the same
-    random numbers (``seed``), so the search compares like with like. Returns (times, score after each
-    added step), the first score being the one-step score. If ``trail`` is a list, every evaluation is
-    appended to it as ``(times, score)``, to plot what the search did. A time that ends next to ``lo``
-    means that a further step did not help (it is then nearly a no-op).
+    random numbers (``seed``), so the search compares like with like. Each added tau_j is the *best* time
+    the search scored for it (the lowest score among its 2 ``iters`` evaluations), with that score: a
+    noisy score (FID of finite samples) need not be unimodal, and the midpoint of the last bracket (the
+    winner of the last comparison only) can score worse than a time evaluated earlier. Returns (times,
+    score after each added step), the first score being the one-step score; costs 1 + 2 ``iters``
+    (n_steps - 1) evaluations. If ``trail`` is a list, every evaluation is appended to it as ``(times,
+    score)``, to plot what the search did. A time that ends next to ``lo`` means that a further step did
+    not help (it is then nearly a no-op).
     """
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1; got {n_steps}")
@@ -103,13 +107,16 @@ def ternary_search_times(model, score: Callable[[Tensor], float], n_steps: int, 
     times, scores = [T], [evaluate([T])]
     for _ in range(1, n_steps):
         a, b = math.log(lo), math.log(times[-1]) - 1e-6
+        scored = []                                   # (score, tau) of every evaluation for this tau_j
         for _ in range(iters):
             m1, m2 = a + (b - a) / 3, b - (b - a) / 3
-            if evaluate(times + [math.exp(m1)]) < evaluate(times + [math.exp(m2)]):
+            s1, s2 = (evaluate(times + [math.exp(m)]) for m in (m1, m2))
+            scored += [(s1, math.exp(m1)), (s2, math.exp(m2))]
+            if s1 < s2:
                 b = m2
             else:
                 a = m1
-        tau = math.exp((a + b) / 2)
+        best, tau = min(scored) if scored else (evaluate(times + [math.exp((a + b) / 2)]), math.exp((a + b) / 2))
         times.append(tau)
-        scores.append(evaluate(times))
+        scores.append(best)
     return times, scores

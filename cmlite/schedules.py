@@ -3,6 +3,11 @@
 Notation of Song et al. (2023): boundaries t_1 = eps < t_2 < ... < t_N = T (Karras et al. 2022,
 rho = 7); CT schedules N(k), mu(k) (Appendix C); improved-CT curriculum and lognormal index
 sampling (Song & Dhariwal 2023). Python indices are 0-based: ``t[0] = eps``, ``t[N-1] = T``.
+
+Every schedule is a callable k -> (N, mu) that the Trainer passes to the loss as ``N``. The losses of
+:mod:`cmlite.continuous` read that slot their own way: :class:`ECTSchedule` gives ECT's stage as
+N = q^a (the gap ratio (t - r)/t is n(t)/N), :class:`TangentWarmupSchedule` gives sCM's tangent warm-up
+factor r(k) in [0, 1] (a float); continuous-time CT needs no schedule at all (``schedule=None``).
 """
 from __future__ import annotations
 
@@ -127,3 +132,44 @@ class ICTSchedule:
 
     def __call__(self, k: int) -> tuple[int, float]:
         return ict_N(k, self.K, self.s0, self.s1), 0.0
+
+
+def ect_N(k: int, K: int, stages: int = 8, q: int = 2) -> int:
+    r"""ECT's discretisation level (Geng et al. 2024, "Consistency Models Made Easy"): training is cut into
+    ``stages`` equal stages of d = ceil(K / stages) steps, and in stage a = floor(k / d) + 1 = 1, 2, ...
+
+    .. math:: N(k) = q^{a},\qquad \frac{t - r}{t} = \frac{n(t)}{N(k)},\quad n(t) = 1 + 8\,\mathrm{sigmoid}(-t)
+
+    so the gap between the pair's times shrinks by the factor q per stage towards continuous time
+    (:func:`cmlite.continuous.ect_pair`). ECT's d is the stage length in steps; its CIFAR-10 run uses q = 2."""
+    if K <= 0:
+        raise ValueError(f"K (total training steps) must be positive; got {K}")
+    if stages < 1 or q < 2:
+        raise ValueError(f"need stages >= 1 and q >= 2; got stages={stages}, q={q}")
+    d = math.ceil(K / stages)
+    return int(q ** (min(max(k, 0), K - 1) // d + 1))
+
+
+@dataclass
+class ECTSchedule:
+    """ECT (Geng et al. 2024): N(k) = :func:`ect_N` (q^stage), no EMA target (mu = 0). Use with
+    :class:`cmlite.continuous.ECTLoss`."""
+    K: int
+    stages: int = 8
+    q: int = 2
+
+    def __call__(self, k: int) -> tuple[int, float]:
+        return ect_N(k, self.K, self.stages, self.q), 0.0
+
+
+@dataclass
+class TangentWarmupSchedule:
+    r"""sCM's tangent warm-up (Lu & Song 2025): r(k) = min(1, k / warmup_steps) multiplies the unstable
+    term of the tangent (:class:`cmlite.continuous.SCMLoss`); returned in the N slot as a float, mu = 0
+    (the target is stopgrad(theta)). ``warmup_steps = 0`` gives r = 1 from the start."""
+    warmup_steps: int = 0
+
+    def __call__(self, k: int) -> tuple[float, float]:
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0; got {self.warmup_steps}")
+        return (1.0 if self.warmup_steps == 0 else min(1.0, max(k, 0) / self.warmup_steps)), 0.0

@@ -11,7 +11,13 @@ one thread; on an idle machine one thread is as fast as two.
 So cmlite's command line and book use **one** intra-op thread by default. Nothing changes at import time:
 call :func:`set_small_model_threads` yourself in a plain script (or use :func:`small_model_threads` as a
 context manager). Override with the environment variable ``CMLITE_THREADS`` (or ``--threads`` on the
-command line); large models (images, :mod:`cmlite.image`) should leave torch's default alone.
+command line).
+
+The image commands (``cmlite train | sample | eval | edit``) take the same option and variable, with the
+same default, :data:`IMAGE_THREADS` = 1 (:func:`set_image_threads`). The same spinning makes torch's
+default fall apart on a CPU shared with another busy process (README, "Threads": ``cmlite train
+tiny-teacher --steps 200`` beside a busy loop); on a GPU the CPU threads only feed the device. On a
+machine whose cores are all yours, a CPU image run gains from ``--threads`` = the number of cores.
 """
 from __future__ import annotations
 
@@ -58,3 +64,24 @@ def small_model_threads(n: int | None = None):
         yield torch.get_num_threads()
     finally:
         torch.set_num_threads(previous)
+
+
+# ------------------------------------------------------------------ the image commands
+IMAGE_THREADS = SMALL_MODEL_THREADS  # measured: README, "Threads" (image commands beside a busy process)
+IMAGE_THREADS_HELP = ("torch CPU threads (default: $CMLITE_THREADS, else 1: torch's default of one per core "
+                      "slows down badly when another process is busy on the cores; on a CPU that is all yours, "
+                      "give the number of cores)")
+
+
+def image_threads(n: int | None = None) -> int:
+    """The CPU thread count of the image commands: ``n``, else ``$CMLITE_THREADS``, else :data:`IMAGE_THREADS`.
+    Raises ValueError for anything but a positive integer."""
+    if n is None and not os.environ.get(ENV_VAR, "").strip():
+        return IMAGE_THREADS
+    return default_threads(n)
+
+
+def set_image_threads(n: int | None = None) -> int:
+    """``torch.set_num_threads(image_threads(n))`` for an image command; returns the count now in use."""
+    torch.set_num_threads(image_threads(n))
+    return torch.get_num_threads()

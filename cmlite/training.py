@@ -14,7 +14,8 @@ periodic atomic checkpoints and callbacks. Checkpoints restore the run exactly (
 RNG and data-stream states, history) and are loaded with ``torch.load(weights_only=True)``.
 
 Speed (images on a GPU): ``precision="bf16"`` autocasts the forward passes to bfloat16 with float32
-master weights; ``channels_last``; ``compile`` compiles the network in place; the step never waits for
+master weights (``"fp16"``: float16 with loss scaling, for cards without bfloat16; ``"auto"`` picks;
+:mod:`cmlite.devices`); ``channels_last``; ``compile`` compiles the network in place; the step never waits for
 the GPU except every ``log_every`` steps, where the losses of those steps are read at once and checked
 for NaN/inf. Data-parallel training: start under ``torchrun`` and call :func:`init_distributed`
 first; the Trainer then wraps the online network in DistributedDataParallel, each rank draws its share
@@ -23,11 +24,13 @@ of one global batch (data and noise), and target and EMA stay identical on every
 from __future__ import annotations
 
 import copy
+import errno
 import math
 import os
 import signal
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -38,6 +41,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ._checks import check_finite_loss
+from .devices import (PRECISIONS, device_rng_state, resolve_compile, resolve_device, resolve_precision,
+                      set_device_rng_state)
+from .fieldcheck import check_types
+
+OPTIMIZERS = ("adam", "radam", "adamw")
+# fp16 loss scaling: this many skipped steps in a row is an error, not a range problem. Each skip halves the
+# scale, so from its start of 2^16 it is then 2^-14: gradients that overflow float16 even so are inf or NaN.
+MAX_SKIPPED_IN_A_ROW = 30
 
 
 @dataclass
@@ -47,8 +58,12 @@ class TrainConfig:
     ``lr_schedule``: 'constant' or 'cosine' (decay to 0 at ``steps``), after ``warmup_steps`` of linear warm-up.
     ``ema_rate`` is the evaluation EMA r; with ``ema_warmup`` it is min(r, (1 + k)/(10 + k)) so that
     short runs are not dominated by the initial weights. ``optimizer``: 'adam', 'radam' (the paper's) or
-    'adamw'. ``batch_size`` is the global batch (split over data-parallel ranks). ``precision``: 'fp32'
-    or 'bf16' (autocast). ``log_every``: steps between host reads of the loss (NaN check, history).
+    'adamw'. ``batch_size`` is the global batch (split over data-parallel ranks). ``device``: 'cpu',
+    'cuda', 'cuda:K', 'mps' or 'auto'. ``precision``: 'fp32', 'bf16' (autocast), 'fp16' (autocast with
+    loss scaling; skipped steps are counted) or 'auto'; ``compile``: True, False or 'auto' (CUDA only);
+    the 'auto' values are resolved by :mod:`cmlite.devices` when a :class:`Trainer` is made, and the
+    config then holds what they resolved to. ``log_every``: steps between host reads of the loss (NaN
+    check, history). Every field is checked (type and range) on construction and by the Trainer.
     """
     steps: int = 2000
     batch_size: int = 256
@@ -65,7 +80,28 @@ class TrainConfig:
     log_every: int = 1
     precision: str = "fp32"
     channels_last: bool = False
-    compile: bool = False
+    compile: bool | str = False
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> "TrainConfig":
+        """Raise TypeError / ValueError naming the first field with a wrong type or an impossible value."""
+        check_types(self, prefix="TrainConfig.")
+        bad = [("steps", self.steps >= 0, "0 or more"), ("batch_size", self.batch_size >= 1, "1 or more"),
+               ("lr", math.isfinite(self.lr) and self.lr >= 0, "a finite number >= 0"),
+               ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
+               ("warmup_steps", self.warmup_steps >= 0, "0 or more"),
+               ("grad_clip", self.grad_clip is None or self.grad_clip > 0, "None or a number > 0"),
+               ("ema_rate", 0 <= self.ema_rate <= 1, "in [0, 1]"), ("log_every", self.log_every >= 1, "1 or more"),
+               ("optimizer", self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}"),
+               ("lr_schedule", self.lr_schedule in ("constant", "cosine"), "'constant' or 'cosine'"),
+               ("precision", self.precision in PRECISIONS, f"one of {PRECISIONS}"),
+               ("compile", isinstance(self.compile, bool) or self.compile == "auto", "True, False or 'auto'")]
+        for name, ok, want in bad:
+            if not ok:
+                raise ValueError(f"TrainConfig.{name} must be {want}; got {getattr(self, name)!r}")
+        return self
 
 
 # fields that may differ when a run is resumed (they do not change what is computed from the checkpoint on)
@@ -93,8 +129,6 @@ def compile_net(net: nn.Module, channels_last: bool = False, mode: str | None = 
 
 def _make_optimizer(params, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     opts = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam, "adamw": torch.optim.AdamW}
-    if cfg.optimizer not in opts:
-        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose one of {sorted(opts)}")
     kw = {"fused": True} if device.type == "cuda" and cfg.optimizer in ("adam", "adamw") else {}
     return opts[cfg.optimizer](params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
 
@@ -184,6 +218,23 @@ class NotACheckpointError(ValueError):
     """The file is not a checkpoint written by cmlite (corrupt, truncated or from another program)."""
 
 
+class ConfigMismatchError(ValueError):
+    """A checkpoint was written with other settings; ``diff`` maps each field to (checkpoint, now)."""
+
+    def __init__(self, message: str, diff: dict):
+        super().__init__(message)
+        self.diff = diff
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """:meth:`Trainer.fit` stopped on SIGTERM / SIGINT at ``step`` after writing ``checkpoint``."""
+
+    def __init__(self, signum, step: int, checkpoint=None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        name = signal.Signals(signum).name if isinstance(signum, int) else str(signum)
+        super().__init__(f"stopped by {name} at step {step}; checkpoint written to {checkpoint}")
+
+
 class Trainer:
     """Train ``model`` (a :class:`~cmlite.parameterization.ConsistencyModel`, or an
     :class:`~cmlite.parameterization.EDMDenoiser` for the teacher) with ``loss`` on ``data``.
@@ -198,19 +249,32 @@ class Trainer:
             :class:`~cmlite.schedules.CTSchedule`, :class:`~cmlite.schedules.ICTSchedule`. ``None`` means
             no target network (diffusion training).
         meta: a dict saved with every checkpoint (e.g. the image recipe) and checked on :meth:`load`.
+        clock: the clock of :meth:`fit`'s time budget and throughput (default ``time.monotonic``; tests
+            pass a fake one).
 
     Attributes ``model``, ``target``, ``ema`` (use ``ema`` for sampling), ``step`` and ``history``
-    (a dict of lists: step, loss, N, mu, lr; one entry every ``log_every`` steps) for plotting.
+    (a dict of lists: step, loss, N, mu, lr, skipped; one entry every ``log_every`` steps) for plotting.
+    ``skipped`` counts the steps that fp16 loss scaling skipped so far (inf/NaN gradients; always 0 in
+    fp32 and bf16); ``skipped_steps`` is that count now. A loss with a ``last_metrics`` dict (0-d tensors,
+    e.g. the tangent norm of :mod:`cmlite.continuous`) adds one column per key, read at the same flushes.
     """
 
     def __init__(self, model: nn.Module, loss: Callable, data, config: TrainConfig | None = None,
-                 schedule: Callable[[int], tuple[int, float]] | None = None, meta: dict | None = None):
-        self.config = cfg = config or TrainConfig()
-        if cfg.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16'; got {cfg.precision!r}")
+                 schedule: Callable[[int], tuple[int, float]] | None = None, meta: dict | None = None,
+                 clock: Callable[[], float] | None = None):
+        self.config = cfg = (config or TrainConfig()).check()
+        self.clock = clock or time.monotonic
         self.rank, self.world_size = world()
         torch.manual_seed(cfg.seed)
-        self.device = torch.device(cfg.device)
+        self.device = resolve_device(cfg.device)
+        # the 'auto' settings become what they resolved to (checkpoints record what ran)
+        cfg.device = str(self.device) if cfg.device == "auto" else cfg.device
+        cfg.precision = resolve_precision(cfg.precision, self.device)
+        cfg.compile = resolve_compile(cfg.compile, self.device)
+        # fp16: the loss is scaled before the backward pass so that small gradients survive in float16;
+        # steps whose gradients overflow are skipped and the scale halves (torch.amp.GradScaler)
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
+        self.skipped_steps, self._skip_streak = 0, 0
         fmt = torch.channels_last if cfg.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=fmt)
         self.loss, self.schedule, self.meta = loss, schedule, dict(meta or {})
@@ -239,7 +303,7 @@ class Trainer:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {self.world_size} ranks")
         self.batches = _Batches(data, cfg.batch_size // self.world_size, self.data_generator, self.device)
         self.step = 0
-        self.history: dict[str, list] = {"step": [], "loss": [], "N": [], "mu": [], "lr": []}
+        self.history: dict[str, list] = {"step": [], "loss": [], "N": [], "mu": [], "lr": [], "skipped": []}
         self._pending: list[tuple[dict, Tensor]] = []  # records whose loss is still on the device
 
     # ------------------------------------------------------------ one step
@@ -253,8 +317,15 @@ class Trainer:
         return lr
 
     def autocast(self):
-        """The autocast context of this run (bf16 when ``precision='bf16'``, else a no-op)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
+        """The autocast context of this run (bf16 or fp16 as ``precision`` says, a no-op for fp32)."""
+        p = self.config.precision
+        return torch.autocast(self.device.type, dtype=torch.float16 if p == "fp16" else torch.bfloat16,
+                              enabled=p in ("bf16", "fp16"))
+
+    def _loss_scale(self) -> Tensor:
+        """The GradScaler's current scale as a device tensor (read without a host synchronisation)."""
+        s = getattr(self.scaler, "_scale", None)
+        return s if isinstance(s, Tensor) else torch.tensor(self.scaler.get_scale())
 
     def train_step(self) -> dict:
         """One optimisation step: sample a batch, compute the loss, step theta, update target and EMA.
@@ -274,19 +345,33 @@ class Trainer:
         with self.autocast():
             loss = self.loss(online, x, target=target, N=N, **kw, **cond).float().mean()
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        lr = self._lr()
+        lr, skipped = self._lr(), None
         for group in self.opt.param_groups:
             group["lr"] = lr
-        self.opt.step()
+        if self.scaler is None:
+            loss.backward()
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.opt.step()
+        else:  # fp16: scaled backward, unscaled gradients, a step skipped when they hold inf/NaN
+            self.scaler.scale(loss).backward()
+            if cfg.grad_clip is not None:
+                self.scaler.unscale_(self.opt)
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            before = self._loss_scale().clone()
+            self.scaler.step(self.opt)
+            self.scaler.update()  # a skipped step halves the scale (backoff 0.5); a taken one never lowers it
+            after = self._loss_scale()
+            skipped = (after < before) | (before == 0)
         if self.target is not None:
             ema_update(self.target, self.model, mu)
         r = min(cfg.ema_rate, (1 + self.step) / (10 + self.step)) if cfg.ema_warmup else cfg.ema_rate
         ema_update(self.ema, self.model, r)
-        rec = {"step": self.step, "loss": loss.detach(), "N": N, "mu": mu, "lr": lr}
-        self._pending.append((rec, rec["loss"]))
+        rec = {"step": self.step, "loss": loss.detach(), "N": N, "mu": mu, "lr": lr, "skipped": None}
+        metrics = getattr(self.loss, "last_metrics", None)
+        if metrics:  # the loss's own numbers this step (0-d tensors, e.g. a tangent norm): read at the next flush
+            rec["metrics"] = {k: v.detach().float().reshape(()) for k, v in metrics.items()}
+        self._pending.append((rec, rec["loss"] if skipped is None else torch.stack((rec["loss"], skipped.float()))))
         self.step += 1
         if self.step % cfg.log_every == 0 or self.step == 1:
             self.flush()
@@ -294,26 +379,52 @@ class Trainer:
 
     def flush(self) -> None:
         """Read the losses of the steps since the last flush (one host sync), raise on the first
-        NaN/inf, and append every ``log_every``-th record to the history."""
+        NaN/inf, count the steps that fp16 loss scaling skipped (raise after :data:`MAX_SKIPPED_IN_A_ROW`
+        in a row), and append every ``log_every``-th record to the history."""
         if not self._pending:
             return
         values = torch.stack([v for _, v in self._pending]).cpu().tolist()
-        for (rec, _), v in zip(self._pending, values):
-            rec["loss"] = v
+        pending, self._pending = self._pending, []
+        named = [(rec, k) for rec, _ in pending for k in rec.get("metrics", ())]
+        if named:  # the losses' metrics of these steps, read at once
+            for (rec, k), v in zip(named, torch.stack([rec["metrics"][k] for rec, k in named]).cpu().tolist()):
+                rec[k] = v
+        for (rec, _), v in zip(pending, values):
+            v, skipped = v if isinstance(v, list) else (v, 0.0)
+            self.skipped_steps += bool(skipped)
+            self._skip_streak = self._skip_streak + 1 if skipped else 0
+            rec["loss"], rec["skipped"] = v, self.skipped_steps
             if not math.isfinite(v):
-                self._pending = []
                 check_finite_loss(v, rec["step"])
+            if self._skip_streak >= MAX_SKIPPED_IN_A_ROW:
+                raise FloatingPointError(
+                    f"fp16 loss scaling skipped every one of the last {self._skip_streak} steps (to step "
+                    f"{rec['step']}): the gradients hold inf or NaN even at a loss scale of "
+                    f"{float(self._loss_scale()):.3g}, so the weights have not changed since step "
+                    f"{rec['step'] + 1 - self._skip_streak}. Train with precision='fp32' (or 'bf16' where the "
+                    "device has it), lower the learning rate, or check the data.")
             if rec["step"] % self.config.log_every == 0:
+                for k in rec.pop("metrics", ()):  # a metric first seen gets a column, None for earlier rows
+                    self.history.setdefault(k, [None] * len(self.history["step"]))
                 for k in self.history:
-                    self.history[k].append(rec[k])
-        self._pending = []
+                    self.history[k].append(rec.get(k))
+
+    def _warn_if_all_skipped(self, start_step: int) -> None:
+        """Warn when every step since ``start_step`` was skipped by fp16 loss scaling (weights unchanged)."""
+        n = self.step - start_step
+        if self.scaler is not None and n > 0 and self._skip_streak >= n:
+            warnings.warn(f"fp16 loss scaling skipped all {n} steps of this run (steps {start_step} to "
+                          f"{self.step - 1}): the gradients held inf or NaN, and the weights did not change. "
+                          "Train with precision='fp32' (or 'bf16'), or check the loss and data.",
+                          RuntimeWarning, stacklevel=3)
 
     def steps(self, n: int | None = None) -> Iterator[dict]:
         """Generator: run n steps (default: up to config.steps), yielding each step's record."""
-        end = self.config.steps if n is None else self.step + n
+        end, start = (self.config.steps if n is None else self.step + n), self.step
         while self.step < end:
             yield self.train_step()
         self.flush()
+        self._warn_if_all_skipped(start)
 
     # ------------------------------------------------------------ the loop with progress and checkpoints
     def fit(self, steps: int | None = None, progress: bool = True, desc: str = "train",
@@ -323,11 +434,14 @@ class Trainer:
         """Run to ``config.steps`` (or ``steps`` more steps), or until ``minutes`` of wall clock have
         passed, with a tqdm bar (loss, images/s, time left). Returns the history.
 
-        ``checkpoint``: a path written atomically every ``checkpoint_minutes``, at the end, and when the
-        process gets SIGTERM or SIGINT (then it stops). ``callback(trainer)`` runs every
-        ``callback_every`` steps (e.g. a sample grid). Only rank 0 writes files and shows the bar. Under
-        data parallelism the time budget and the signals are checked every ``log_every`` steps and agreed
-        over the ranks (one small all-reduce), so that every rank stops at the same step."""
+        The time budget is checked after every step (it ends at most one step late). ``checkpoint``: a path
+        written atomically every ``checkpoint_minutes``, at the end, and when the process gets SIGTERM or
+        SIGINT: then it stops and raises :class:`TrainingInterrupted` (a KeyboardInterrupt) after the
+        checkpoint is written. ``callback(trainer)`` runs every ``callback_every`` steps (e.g. a sample
+        grid). Only rank 0 writes files and shows the bar. Under data parallelism the time budget and the
+        signals are checked every ``log_every`` steps and agreed over the ranks (one small all-reduce), so
+        that every rank stops at the same step; a rank is out of time there when the next ``log_every``
+        steps, at the rate of the last ones, would end past the budget."""
         total = (self.config.steps - self.step) if steps is None else steps
         end = self.step + max(total, 0)
         main = self.rank == 0
@@ -341,16 +455,20 @@ class Trainer:
                     handlers[s] = signal.signal(s, on_signal)
                 except ValueError:  # not the main thread
                     pass
-        t0 = last_ckpt = time.monotonic()
+        t0 = last_ckpt = last_log = self.clock()
         start_step, every = self.step, max(self.config.log_every, 1)
+        budget = None if minutes is None else minutes * 60
+        last_log_step = start_step
         bar = tqdm(total=end - self.step, disable=not (progress and main), desc=desc, leave=True)
         try:
             while self.step < end:
                 rec = self.train_step()
                 bar.update(1)
-                now = time.monotonic()
+                now = self.clock()
                 if callback is not None and callback_every and self.step % callback_every == 0:
                     callback(self)
+                if self.world_size == 1 and budget is not None and now - t0 >= budget:
+                    break
                 if self.step % every == 0:
                     ips = (self.step - start_step) * self.config.batch_size / max(now - t0, 1e-9)
                     post = {"loss": f"{rec['loss']:.4g}", "img/s": f"{ips:.0f}"}
@@ -359,7 +477,11 @@ class Trainer:
                     if minutes is not None:
                         post["left"] = f"{max(minutes * 60 - (now - t0), 0) / 60:.1f}min"
                     bar.set_postfix(post, refresh=False)
-                    out_of_time = minutes is not None and now - t0 >= minutes * 60
+                    out_of_time = False
+                    if budget is not None:  # would the next log_every steps end past the budget?
+                        rate = (now - last_log) / max(self.step - last_log_step, 1)
+                        out_of_time = now - t0 + (every * rate if self.world_size > 1 else 0) >= budget
+                    last_log, last_log_step = now, self.step
                     if self.world_size > 1:  # the ranks' clocks and signals differ: all stop at the same step
                         out_of_time, signalled = self._any_rank(out_of_time, stop["signal"] is not None)
                         if signalled:
@@ -379,9 +501,9 @@ class Trainer:
             bar.close()
             for s, h in handlers.items():
                 signal.signal(s, h)
+        self._warn_if_all_skipped(start_step)
         if stop["signal"] is not None:
-            raise KeyboardInterrupt(f"stopped by signal {stop['signal']} at step {self.step}; "
-                                    f"checkpoint written to {checkpoint}")
+            raise TrainingInterrupted(stop["signal"], self.step, checkpoint)
         return self.history
 
     def _any_rank(self, *flags: bool) -> list[bool]:
@@ -408,10 +530,14 @@ class Trainer:
             "rng_torch": torch.get_rng_state(),
             "rng_data": self.data_generator.get_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            # the generator this run draws from; the same on every rank (each draws the global batch's noise),
-            # so it restores every rank, on any number of GPUs (rng_cuda holds rank 0's view of all devices)
-            "rng_device": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            # the generator this run draws from (CUDA or mps); the same on every rank (each draws the global
+            # batch's noise), so it restores every rank, on any number of GPUs (rng_cuda holds rank 0's view
+            # of all devices)
+            "rng_device": device_rng_state(self.device),
+            "rng_device_type": self.device.type,
             "data_state": src.state_dict() if hasattr(src, "state_dict") else None,
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),   # fp16 loss scale
+            "skipped_steps": [self.skipped_steps, self._skip_streak],
         }
 
     def load_state_dict(self, sd: dict, strict_config: bool = True) -> None:
@@ -427,8 +553,9 @@ class Trainer:
                          if k in sd.get("meta", {}) and sd["meta"][k] != v})
             if diff:
                 lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
-                raise ValueError(f"the checkpoint was written by a run with a different configuration ({lines}). "
-                                 "Resume with the same settings, or pass strict_config=False to load it anyway.")
+                raise ConfigMismatchError(
+                    f"the checkpoint was written by a run with a different configuration ({lines}). "
+                    "Resume with the same settings, or pass strict_config=False to load it anyway.", diff)
         try:
             self.model.load_state_dict(sd["model"])
             if self.target is not None:
@@ -444,10 +571,13 @@ class Trainer:
         self.history = {k: list(v) for k, v in sd["history"].items()}
         torch.set_rng_state(sd["rng_torch"].cpu())  # .cpu(): the file may have been loaded onto a GPU
         self.data_generator.set_state(sd["rng_data"].cpu())
-        if sd.get("rng_device") is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(sd["rng_device"].cpu(), self.device)
+        if sd.get("rng_device_type", "cuda") == self.device.type and sd.get("rng_device") is not None:
+            set_device_rng_state(self.device, sd["rng_device"])
         elif sd["rng_cuda"] and torch.cuda.is_available() and len(sd["rng_cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([s.cpu() for s in sd["rng_cuda"]])
+        if self.scaler is not None and sd.get("scaler"):
+            self.scaler.load_state_dict(sd["scaler"])
+        self.skipped_steps, self._skip_streak = sd.get("skipped_steps", [0, 0])
         src = self.batches.data
         if sd.get("data_state") is not None and hasattr(src, "load_state_dict"):
             src.load_state_dict(sd["data_state"])
@@ -469,19 +599,27 @@ class Trainer:
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the target folder, fsync, then an atomic rename: a crash
-    never leaves a half-written file under ``path``."""
+    never leaves a half-written file under ``path``. A full disk or a folder that cannot be written
+    raises OSError (same errno) naming the file; the previous file under ``path`` is then intact."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        # torch's zip writer reports a failed write (a full disk) as a RuntimeError
+        if isinstance(e, OSError) or isinstance(e, RuntimeError) and "writ" in str(e).lower():
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0] + " (a full disk?)"
+            raise OSError(getattr(e, "errno", None) or errno.EIO,
+                          f"cannot write {path}: {why}. Free some space or choose a writable folder; "
+                          f"{'the previous' if path.exists() else 'no'} checkpoint is at {path}") from e
         raise
 
 

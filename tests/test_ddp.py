@@ -35,16 +35,18 @@ import cmlite.training
 from cmlite.image.recipes import get_recipe
 from cmlite.image.run import train
 name, out, steps, dump, overrides = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], json.loads(sys.argv[5])
-if steps == 0:  # a time budget, and the Trainer's clock on rank 1 runs 8x fast: the ranks must still agree
-    if os.environ["RANK"] == "1":
-        class FastClock:
-            def __getattr__(self, k):
-                return getattr(time, k)
-            def monotonic(self):
-                return 8 * time.monotonic()
-        cmlite.training.time = FastClock()
-    summary = train(get_recipe(name).with_overrides(overrides), out, minutes=0.25, progress=False)
-    print("STEPS", summary["steps"], summary["K"], flush=True)
+if steps == 0:  # a 15-second budget on fake clocks: a step takes 0.25 s on rank 0 and 8 s on rank 1
+    now = [0.0]
+    dt = 8.0 if os.environ["RANK"] == "1" else 0.25
+    step = cmlite.training.Trainer.train_step
+    def timed_step(self):
+        rec = step(self)
+        now[0] += dt
+        return rec
+    cmlite.training.Trainer.train_step = timed_step
+    summary = train(get_recipe(name).with_overrides(overrides), out, minutes=0.25, progress=False,
+                    clock=lambda: now[0])
+    print("STEPS", summary["steps"], summary["K"], summary["calibration_steps"], flush=True)
     torch.distributed.destroy_process_group()
     sys.exit(0)
 
@@ -151,11 +153,16 @@ def test_two_processes_equal_one_with_the_doubled_batch_and_resume_in_one(tmp_pa
 
 
 def test_ranks_stop_a_time_budget_at_the_same_step(tmp_path):
-    # rank 1's clock runs 8x fast: left to itself it would stop long before rank 0, which would then wait in
-    # an all-reduce for a rank that is gone; the Trainer agrees on the stop at log steps
-    outs = _two_processes(tmp_path, steps=0, overrides=OVERRIDES + ["train.log_every=2"])
-    (s0, k0), (s1, k1) = ([int(v) for v in o.split("STEPS")[-1].split()[:2]] for o in outs)
-    assert k0 == k1 and s0 == s1 < k0, outs  # stopped together by the (fast) clock, before the calibrated K
+    # Fake clocks (nothing depends on the machine's speed): a step takes 0.25 s on rank 0 and 8 s on rank 1.
+    # Rank 0 decides the calibration (5 + 5 steps on a CPU: 2.5 s of the 15) and K from its 0.25 s a step
+    # (K = 10 + (12.5 s - the sample grid's 0.33 s) / 0.25 = 58); rank 1 is then already past the budget.
+    # Left to itself rank 1 would stop at once, and rank 0 would wait in an all-reduce for a rank that is
+    # gone: the Trainer agrees on the stop at the first log step, the same on both, long before K.
+    log_every = 2
+    outs = _two_processes(tmp_path, steps=0, overrides=OVERRIDES + [f"train.log_every={log_every}"])
+    (s0, k0, c0), (s1, k1, c1) = ([int(v) for v in o.split("STEPS")[-1].split()[:3]] for o in outs)
+    assert k0 == k1 == 58 and c0 == c1 == 10, outs
+    assert s0 == s1 == c0 + log_every < k0, outs
     assert json.loads((tmp_path / "run0" / "recipe.json").read_text())["steps"] == s0
 
 

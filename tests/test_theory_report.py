@@ -36,3 +36,9 @@ def test_cmlite_theorem_json(capsys):
     assert set(th1["toys"]) == {"gaussian", "mixture", "narrow/segment"}
     assert "note" in th1["toys"]["narrow/segment"]
     assert res["theorem2"]["rows"] and res["pf_ode"]["round_trip"]["passed"]
+    # the continuous-time section (Theorems 3-6): headline orders and z, reachable as these paths
+    c = res["continuous"]
+    for th, key, p in (("theorem3", "slope", 1), ("theorem4", "slope", 1), ("theorem5", "grad_slope", 1),
+                       ("theorem6", "grad_slope", 1), ("ct_same_target", "slope", 2)):
+        assert abs(c[th][key] - p) <= c[th]["tolerance"], (th, c[th][key])
+    assert abs(c["theorem6"]["cd_ct_gap_z"]) < 3

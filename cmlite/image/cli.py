@@ -1,38 +1,53 @@
 """Image commands of the ``cmlite`` command line.
 
     cmlite train RECIPE [--out DIR] [--minutes M | --steps K] [--resume] [--teacher RUN] [--set key=value ...]
+                 [--force-resume] [--cache-dir DIR] [--threads T] [--quiet]
     cmlite sample RUN [--n 64] [--steps 1 | --ts 80 0.585] [--out FILE.npz]
     cmlite eval RUN [--n 10000] [--inception auto|yes|no]
     cmlite edit RUN TASK --input X.npz|IMG.png ... [--out OUT.npz] [--mask box|half|free] [--factor 2|4]
                 [--sigma S] [--ts ...] [--teacher RUN --baseline-N 18]
 
 Recipes are dataclass configs (:mod:`cmlite.image.recipes`); ``--set`` changes any field of one.
+Every image command takes ``--threads`` (torch's CPU threads; default ``$CMLITE_THREADS``, else
+:data:`cmlite.threads.IMAGE_THREADS`). Bad input (a wrong --set value, a folder that is not a run, a
+damaged file, an unwritable folder) ends with one line ``cmlite CMD: error: ...`` and exit status 2 (1 for
+an input/output failure such as a full disk); SIGTERM or Ctrl-C with a message and status 128 + signal.
 Multi-GPU: the same train command under ``torchrun --nproc-per-node G -m cmlite train ...``.
 """
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
 
 def add_image_commands(sub) -> None:
     """Register the image subcommands on the top-level parser's subparsers object."""
+    from ..cli import _add_threads, _positive_float, _positive_int
     from .recipes import RECIPES
     t = sub.add_parser("train", help="train an image model from a recipe (teacher, CD, CT, iCT)",
                        description="Train an image recipe into a run folder. Recipes: " + ", ".join(sorted(RECIPES)))
     t.add_argument("recipe", help="a recipe name, e.g. mnist-ct (see the list above)")
     t.add_argument("--out", help="run folder (default: runs/RECIPE)")
-    t.add_argument("--minutes", type=float, help="wall-clock budget; the step count is calibrated to it "
-                                                  "(default: the recipe's)")
-    t.add_argument("--steps", type=int, help="train exactly this many steps (instead of a time budget)")
+    t.add_argument("--minutes", type=_positive_float,
+                   help="wall-clock budget of the whole command (data loading, compilation and calibration "
+                        "included); the step count is calibrated to it (default: the recipe's)")
+    t.add_argument("--steps", type=_positive_int, help="train exactly this many steps (instead of a time budget); "
+                                                        "with --resume, the step to stop at")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint, exactly")
+    t.add_argument("--force-resume", action="store_true", dest="force_resume",
+                   help="with --resume: continue even where --set values differ from the checkpoint's settings "
+                        "(the refusal names them); the run is then not exactly its recipe's")
+    t.add_argument("--cache-dir", dest="cache_dir",
+                   help="torch.compile's cache folder, kept across runs (default: $TORCHINDUCTOR_CACHE_DIR, "
+                        "else ~/.cache/cmlite/inductor)")
     t.add_argument("--teacher", help="run folder of a trained teacher (needed by *-cd recipes)")
     t.add_argument("--data", help="folder with the data files (default: $CMLITE_DATA, ./data, ~/.cache/cmlite)")
     t.add_argument("--download", action="store_true", help="download the data set with torchvision if missing")
     t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override recipe fields, e.g. train.batch_size=128 train.lr=2e-4 N=40")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--quiet", action="store_true", help="no progress bar and no progress lines (warnings stay)")
 
     s = sub.add_parser("sample", help="draw samples from a trained run: an .npz of uint8 images and a PNG grid")
     s.add_argument("run", help="a run folder made by `cmlite train`")
@@ -48,9 +63,13 @@ def add_image_commands(sub) -> None:
     e = sub.add_parser("eval", help="FIDs of a run's samplers (Inception and in-project classifier) with floors")
     e.add_argument("run", nargs="+", help="run folders made by `cmlite train` (runs of one data set share its "
                                           "classifier and reference statistics)")
-    e.add_argument("--n", type=int, default=10000, help="samples per sampler (default: %(default)s)")
+    e.add_argument("--n", type=int, default=10000, help="samples per sampler (default: %(default)s; lowered to the "
+                                                        "number of unseen floor images where there are fewer)")
     e.add_argument("--inception", choices=["auto", "yes", "no"], default="auto",
-                   help="Inception FID: auto = when the fid extra is installed (default: %(default)s)")
+                   help="Inception FID: auto = on a GPU when the fid extra is installed (default: %(default)s)")
+    e.add_argument("--save-samples-mb", type=float, default=16.0, dest="save_samples_mb",
+                   help="write each sampler's samples to RUN/eval-samples-<sampler>.npz (uint8, compressed), as "
+                        "many as fit in this many MiB; 0: none (default: %(default)s)")
     e.add_argument("--data", help="folder with the data files")
     e.add_argument("--cache", help="where the classifier is cached (default: the run's parent folder)")
     e.add_argument("--device", help="cuda or cpu (default: cuda when available)")
@@ -89,25 +108,43 @@ def add_image_commands(sub) -> None:
     d.add_argument("--seed", type=int, default=0, help="random seed of the noise (default: %(default)s)")
     d.add_argument("--batch", type=int, default=1000, help="images per network batch (default: %(default)s)")
     d.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    for parser in (t, s, e, d):
+        _add_threads(parser, images=True)
 
 
 def _train(args) -> int:
+    import time
+    from ..training import TrainingInterrupted
+    from .budget import seconds_since_process_start
     from .recipes import get_recipe
     from .run import train
+    started_at = time.monotonic() - seconds_since_process_start()   # the budget counts from the process start
     recipe = get_recipe(args.recipe).with_overrides(args.set)
     out = Path(args.out or Path("runs") / recipe.name)
     if args.steps is not None and args.minutes is not None:
         print("cmlite train: give --minutes or --steps, not both", file=sys.stderr)
         return 2
+    if args.force_resume and not args.resume:
+        print("cmlite train: --force-resume goes with --resume", file=sys.stderr)
+        return 2
     import torch.distributed as dist
-    summary = train(recipe, out, data_root=args.data, teacher=args.teacher, minutes=args.minutes,
-                    steps=args.steps, resume=args.resume, download=args.download, progress=not args.quiet)
+    try:
+        summary = train(recipe, out, data_root=args.data, teacher=args.teacher, minutes=args.minutes,
+                        steps=args.steps, resume=args.resume, download=args.download, progress=not args.quiet,
+                        force_resume=args.force_resume, cache_dir=args.cache_dir, started_at=started_at)
+    except TrainingInterrupted as e:
+        sets = (" --set " + " ".join(args.set)) if args.set else ""
+        raise TrainingInterrupted(e.signum, e.step, f"{e.checkpoint}; continue with `cmlite train {args.recipe} "
+                                                    f"--out {out} --resume{sets}`") from None
     if not dist.is_initialized() or dist.get_rank() == 0:  # under torchrun: one report, from rank 0
         steady = summary.get("steady_images_per_second")
         unit = "processes" if summary["device"] == "cpu" else "GPUs"
         world = f" x {summary['world_size']} {unit}" if summary.get("world_size", 1) > 1 else ""
+        first, skipped = summary.get("startup_s"), summary.get("skipped_steps")
         print(f"{recipe.name}: {summary['steps']} steps, {summary['images_per_second']:.0f} images/s on "
               f"{summary['device']}{world}" + (f" ({steady:.0f} after start-up)" if steady else "") +
+              (f", first step {first:.1f} s after the start" if first is not None else "") +
+              (f", {skipped} steps skipped by fp16 loss scaling" if skipped else "") +
               f"; weights in {out / 'ema.safetensors'}, samples in {out / 'samples.png'}")
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -133,7 +170,7 @@ def _sample(args) -> int:
 def _eval(args) -> int:
     from .evaluate import evaluate_runs, format_table
     results = evaluate_runs(args.run, n=args.n, device=args.device, data_root=args.data, inception=args.inception,
-                            cache=args.cache, progress=not args.json)
+                            cache=args.cache, progress=not args.json, save_samples_mb=args.save_samples_mb)
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=1, default=str))
     else:
@@ -142,29 +179,9 @@ def _eval(args) -> int:
 
 
 def _read_images(paths: list[str]):
-    """uint8 (n, C, H, W) from one .npz (key `images`) or image files (one image each)."""
-    import numpy as np
-    import torch
-    if len(paths) == 1 and paths[0].endswith(".npz"):
-        with np.load(paths[0]) as z:
-            if "images" not in z:
-                raise ValueError(f"{paths[0]} has no `images` array (keys: {', '.join(z.files)}); write uint8 "
-                                 "images (n, C, H, W) under that name, as `cmlite sample` does")
-            a = z["images"]
-        if a.dtype != np.uint8 or a.ndim not in (3, 4):
-            raise ValueError(f"{paths[0]}: `images` must be uint8 (n, C, H, W) or (n, H, W); got {a.dtype} {a.shape}")
-        return torch.from_numpy(np.ascontiguousarray(a[:, None] if a.ndim == 3 else a))
-    from PIL import Image
-    imgs = []
-    for p in paths:
-        if p.endswith(".npz"):
-            raise ValueError("give one .npz, or image files, not both")
-        with Image.open(p) as im:
-            a = np.asarray(im.convert("L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"))
-        imgs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
-    if len({a.shape for a in imgs}) > 1:
-        raise ValueError(f"the input images have different shapes: {sorted({a.shape for a in imgs})}")
-    return torch.from_numpy(np.stack(imgs))
+    """uint8 (n, C, H, W) from one .npz (key `images`) or image files (one image each): data.read_images."""
+    from .data import read_images
+    return read_images(paths)
 
 
 def _edit(args) -> int:
@@ -262,6 +279,23 @@ COMMANDS = {"train": _train, "sample": _sample, "eval": _eval, "edit": _edit}
 
 
 def run_image_command(args) -> int:
+    """Run an image command with ``--threads`` CPU threads; bad input, signals and failed writes end with
+    a one-line message (see the module docstring for the exit statuses)."""
     if args.command not in COMMANDS:
         return 2
-    return COMMANDS[args.command](args)
+    from ..threads import set_image_threads
+    from ..training import NotACheckpointError
+    name = f"cmlite {args.command}"
+    try:
+        set_image_threads(args.threads)
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"{name}: {e or 'interrupted'}", file=sys.stderr)
+        return 128 + (int(signum) if isinstance(signum, int) else int(signal.SIGTERM))
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, NotACheckpointError) as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a folder that cannot be written
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 1

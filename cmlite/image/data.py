@@ -13,7 +13,13 @@ first hit wins; every place tried is listed in the error when nothing is found:
 * ``folder:PATH`` (or ``name="folder", root=PATH``): every png/jpg/jpeg/bmp/webp under PATH; the
   immediate subfolder is the class.
 
-``download=True`` fetches MNIST / Fashion-MNIST / CIFAR-10 with torchvision when nothing is found.
+``download=True`` fetches MNIST / Fashion-MNIST / CIFAR-10 with torchvision when nothing is found. A file
+that is found but cannot be read (corrupt, truncated, wrong layout) raises ``ValueError`` naming it.
+
+:func:`hold_out_floor` splits a data set that has no test split here (CIFAR-10's JPEG archive, image
+folders) into training images and a fixed held-out set of real images that no model trains on: the FID
+floor's images (:mod:`cmlite.image.evaluate`). :func:`read_images` reads images to edit (an .npz or image
+files) and :func:`check_images` validates images given to the editing code.
 :class:`GPUBatches` keeps a whole data set on the device and draws reproducible, resumable batches
 there; :func:`synthetic_dataset` makes a small data set of shapes for tests and CPU runs.
 """
@@ -42,12 +48,14 @@ _TITLE = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-
 
 @dataclass
 class ImageData:
-    """A labelled (or unlabelled) image data set: ``images`` uint8 (n, C, H, W), ``labels`` int64 (n,) or None."""
+    """A labelled (or unlabelled) image data set: ``images`` uint8 (n, C, H, W), ``labels`` int64 (n,) or None.
+    ``source`` says in words which images these are (e.g. "MNIST test split"), for reports."""
 
     images: Tensor
     labels: Tensor | None = None
     num_classes: int = 0
     name: str = ""
+    source: str = ""
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -78,7 +86,7 @@ class ImageData:
         """The images (and labels) at ``idx`` (index tensor, list or slice)."""
         idx = torch.as_tensor(idx) if isinstance(idx, (list, np.ndarray)) else idx
         lab = None if self.labels is None else self.labels[idx]
-        return ImageData(self.images[idx], lab, self.num_classes, self.name)
+        return ImageData(self.images[idx], lab, self.num_classes, self.name, self.source)
 
     def split(self, n_holdout: int, seed: int = 0) -> tuple[ImageData, ImageData]:
         """(train, holdout): a random holdout of ``n_holdout`` images, deterministic in ``seed``; order kept."""
@@ -88,17 +96,82 @@ class ImageData:
         return self.subset(perm[n_holdout:].sort().values), self.subset(perm[:n_holdout].sort().values)
 
 
+#: Images held out of a training split that has no test split beside it, for the FID floor (and the
+#: classifier's test accuracy): CIFAR-10's 50,000 training images become 40,000 to train on and 10,000
+#: floor images. At most a fifth of a smaller data set is held out.
+FLOOR_HOLDOUT = 10_000
+FLOOR_SEED = 0
+
+
+def hold_out_floor(train: ImageData, n: int | None = None, seed: int = FLOOR_SEED) -> tuple[ImageData, ImageData]:
+    """(training images, floor images) of a data set that has no test split here: ``n`` images (default
+    min(:data:`FLOOR_HOLDOUT`, len // 5)) chosen by ``torch.randperm`` with ``seed`` (fixed: 0), the rest kept.
+
+    Why: an FID's floor (the score of real images at the same n) must come from real images that are *not*
+    the reference set and that the generator never saw; a subset of the reference itself is biased low
+    (down to 0 when it is the whole reference). The image recipes train on the first part only
+    (:func:`cmlite.image.run.load_train_test`), so the held-out images are unseen by every model trained
+    here. The choice is fixed (the same seed everywhere), so training, ``cmlite eval`` and the benchmarks
+    agree on it. The trade-off: the models train on fewer images (40k of CIFAR-10's 50k), and a run trained
+    on all of them elsewhere has seen the floor images (``cmlite eval`` compares the run's ``train_images``
+    with the reference and says so).
+    """
+    n = min(FLOOR_HOLDOUT, len(train) // 5) if n is None else int(n)
+    if not 2 <= n < len(train):
+        raise ValueError(f"cannot hold out {n} of {len(train)} images for the FID floor: the data set is too small "
+                         "(it needs at least 10 images)")
+    rest, held = train.split(n, seed)
+    what = train.source or f"the {len(train)} {train.name} training images"
+    rest.source = f"{what} less {n} held-out images ({len(rest)})"
+    held.source = f"{n} images held out of {what} (seed {seed}; never trained on)"
+    return rest, held
+
+
 # ----------------------------------------------------------------------------------------------- readers
+_REFETCH = "the file is corrupt or truncated (an interrupted download or copy?): delete it and fetch it again"
+
+
+def _unreadable(path, what: str, err: BaseException | None = None) -> ValueError:
+    """The error for a data file that exists but cannot be read: names the file, what was wrong, the fix."""
+    why = f" ({type(err).__name__}: {err})" if err is not None else ""
+    return ValueError(f"{path}: {what}{why}; {_REFETCH}")
+
+
 def _read_idx(path: Path) -> np.ndarray:
     """An idx file (plain or .gz): magic 0x0000 08 ndim, big-endian int32 dims, then uint8 data."""
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-        raw = f.read()
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise _unreadable(path, "cannot read this idx file", e) from None
     magic = int.from_bytes(raw[:4], "big")
     ndim = magic & 0xFF
-    if magic >> 8 != 0x08 or ndim == 0:
-        raise ValueError(f"{path}: not a uint8 idx file (magic {magic:#010x})")
+    if len(raw) < 4 or magic >> 8 != 0x08 or ndim == 0:
+        raise _unreadable(path, f"not a uint8 idx file (magic {magic:#010x})")
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    have, need = len(raw) - 4 - 4 * ndim, math.prod(dims)
+    if have != need:
+        raise _unreadable(path, f"{have} bytes of data for an array of shape {tuple(dims)} ({need} bytes)")
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()
+
+
+def _npz_arrays(path: Path, keys: tuple[str, ...]) -> list[np.ndarray]:
+    """The arrays ``keys`` of an .npz file, or a ValueError naming the file (unreadable, or a key missing)."""
+    import zipfile
+    import zlib
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in keys if k not in z.files]
+            if missing:
+                raise ValueError(f"{path}: no array {', '.join(missing)} (it holds {', '.join(z.files) or 'nothing'}); "
+                                 f"expected {', '.join(keys)}")
+            return [z[k] for k in keys]
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, KeyError) as e:
+        raise _unreadable(path, "not a readable .npz file", e) from None
+    except ValueError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise _unreadable(path, "not a readable .npz file", e) from None
 
 
 def _idx_pair(d: Path, split: str):
@@ -114,8 +187,11 @@ def _idx_pair(d: Path, split: str):
 
 def _npz_pair(path: Path, split: str):
     def load():
-        with np.load(path) as z:
-            return z[f"x_{split}"], z[f"y_{split}"]
+        x, y = _npz_arrays(path, (f"x_{split}", f"y_{split}"))
+        if x.ndim != 3 or len(y) != len(x):
+            raise _unreadable(path, f"x_{split} of shape {x.shape} (expected (n, 28, 28) uint8) with "
+                                    f"{len(y)} labels")
+        return x, y
     return str(path), load if path.is_file() else None
 
 
@@ -131,14 +207,24 @@ def _pmap(fn, items: list, workers: int | None = None) -> list:
 
 
 def _load_jpgbytes(path: Path):
+    """(images (n, 3, H, W) uint8 RGB, labels) from JPEG bytes: image i is data[offsets[i]:offsets[i + 1]]."""
     from PIL import Image
-    with np.load(path) as z:
-        data, off, labels = z["data"], z["offsets"], z["labels"]
-    if len(off) != len(labels) + 1:
-        raise ValueError(f"{path}: {len(off)} offsets for {len(labels)} labels")
+    data, off, labels = _npz_arrays(path, ("data", "offsets", "labels"))
+    if len(off) != len(labels) + 1 or (len(off) and (off[0] < 0 or off[-1] > len(data) or (np.diff(off) <= 0).any())):
+        raise _unreadable(path, f"{len(off)} offsets (increasing, within the {len(data)} bytes of data) for "
+                                f"{len(labels)} labels")
     blobs = [data[off[i]:off[i + 1]].tobytes() for i in range(len(labels))]
-    imgs = _pmap(lambda b: np.asarray(Image.open(io.BytesIO(b)).convert("RGB")), blobs)
-    return np.stack(imgs).transpose(0, 3, 1, 2), labels
+
+    def decode(i):
+        try:
+            with Image.open(io.BytesIO(blobs[i])) as im:
+                return np.asarray(im.convert("RGB"))      # (H, W, 3): rows, columns, R G B
+        except (OSError, ValueError, SyntaxError) as e:
+            raise _unreadable(path, f"image {i} (bytes {off[i]}..{off[i + 1]}) is not a readable JPEG", e) from None
+    imgs = _pmap(decode, list(range(len(labels))))
+    if len({a.shape for a in imgs}) > 1:
+        raise _unreadable(path, f"images of different sizes {sorted({a.shape for a in imgs})[:3]}")
+    return np.stack(imgs).transpose(0, 3, 1, 2), labels   # (n, H, W, 3) -> (n, 3, H, W)
 
 
 def _load_cifar_batches(d: Path, split: str):
@@ -146,10 +232,18 @@ def _load_cifar_batches(d: Path, split: str):
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     xs, ys = [], []
     for n in names:
-        with open(d / n, "rb") as f:
-            b = pickle.load(f, encoding="bytes")
-        xs.append(np.asarray(b.get(b"data", b.get("data")), np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(b.get(b"labels", b.get("labels"))))
+        try:
+            with open(d / n, "rb") as f:
+                b = pickle.load(f, encoding="bytes")
+            x = np.asarray(b.get(b"data", b.get("data")), np.uint8).reshape(-1, 3, 32, 32)  # rows: R, G, B planes
+            y = np.asarray(b.get(b"labels", b.get("labels")))
+        except (OSError, EOFError, pickle.UnpicklingError, AttributeError, TypeError, ValueError) as e:
+            raise _unreadable(d / n, "not a CIFAR-10 python batch (a pickled dict with data (n, 3072) and labels)",
+                              e) from None
+        if len(y) != len(x):
+            raise _unreadable(d / n, f"{len(x)} images but {len(y)} labels")
+        xs.append(x)
+        ys.append(y)
     return np.concatenate(xs), np.concatenate(ys)
 
 
@@ -170,10 +264,14 @@ def _load_folder(path: Path, resolution: int | None = None):
             raise ValueError(f"{path} has images both directly inside and in class subfolders")
         classes = sorted({p[0] for p in parts})
         labels = np.array([classes.index(p[0]) for p in parts])
-    heads = [Image.open(f) for f in files]
-    modes, sizes = [_image_mode(im.mode) for im in heads], {im.size for im in heads}
-    for im in heads:
-        im.close()
+    heads = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                heads.append((_image_mode(im.mode), im.size))
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ValueError(f"{f}: not a readable image ({type(e).__name__}: {e}); replace or delete it") from None
+    modes, sizes = [m for m, _ in heads], {s for _, s in heads}
     c = Counter(modes)
     mode = "L" if c["L"] > c["RGB"] else "RGB"
     if resolution is None and len(sizes) > 1:
@@ -181,9 +279,13 @@ def _load_folder(path: Path, resolution: int | None = None):
                          "resize them to one size, or pass resolution=N to center-crop and resize")
 
     def decode(f):
-        with Image.open(f) as im:
-            im = im.convert(mode)
-            return np.asarray(_crop_resize(im, resolution) if resolution else im)
+        try:
+            with Image.open(f) as im:
+                im = im.convert(mode)
+                return np.asarray(_crop_resize(im, resolution) if resolution else im)
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ValueError(f"{f}: cannot decode this image ({type(e).__name__}: {e}); the file is corrupt or "
+                             "truncated: replace or delete it") from None
     x = np.stack(_pmap(decode, files))
     return (x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)), labels, classes
 
@@ -292,7 +394,9 @@ def load_dataset(name: str, root=None, split: str = "train", download: bool = Fa
         if not path.is_dir():
             raise FileNotFoundError(f"image folder {str(path)!r} does not exist")
         x, y, classes = _load_folder(path, resolution)
-        return _to_data(x, y, f"folder:{path}", len(classes))
+        data = _to_data(x, y, f"folder:{path}", len(classes))
+        data.source = f"the images under {path}"
+        return data
     key = _ALIASES.get(name.lower())
     if key is None:
         raise ValueError(f"unknown data set {name!r}: use mnist, fashion-mnist, cifar10 or folder:PATH")
@@ -306,19 +410,19 @@ def load_dataset(name: str, root=None, split: str = "train", download: bool = Fa
             for place, loader in _places(key, r, split):
                 places.append(place)
                 if loader is not None:
-                    return _finish(loader(), key, resolution)
+                    return _finish(loader(), key, resolution, split)
         if key == "fashion-mnist":
             place, loader = _idx_pair(DEBIAN_FASHION_MNIST, split)
             places.append(place)
             if loader is not None:
-                return _finish(loader(), key, resolution)
+                return _finish(loader(), key, resolution, split)
         if not download or attempt:
             raise _missing(key, split, places, droot)
         _download(key, droot)
         roots = [droot]
 
 
-def _finish(xy, name: str, resolution: int | None) -> ImageData:
+def _finish(xy, name: str, resolution: int | None, split: str) -> ImageData:
     data = _to_data(*xy, name=name, num_classes=10)
     if resolution and tuple(data.images.shape[-2:]) != (resolution, resolution):
         from PIL import Image
@@ -326,6 +430,7 @@ def _finish(xy, name: str, resolution: int | None) -> ImageData:
         arr = arr[..., 0] if data.channels == 1 else arr
         out = np.stack(_pmap(lambda a: np.asarray(_crop_resize(Image.fromarray(a), resolution)), list(arr)))
         data = _to_data(out if out.ndim == 3 else out.transpose(0, 3, 1, 2), data.labels.numpy(), name, 10)
+    data.source = f"the {_TITLE[name]} {split} split"
     return data
 
 
@@ -409,7 +514,9 @@ class GPUBatches:
 
 # ------------------------------------------------------------------------------------------------- output
 def to_uint8(x: Tensor) -> Tensor:
-    """Images in [-1, 1] -> uint8 in [0, 255] (rounded, clamped)."""
+    """Images in [-1, 1] -> uint8 in [0, 255]: round((x + 1) * 127.5), clamped. So -1 -> 0, 1 -> 255, the
+    level u / 127.5 - 1 -> u exactly (the inverse of the data scaling u / 127.5 - 1), anything nearer to level
+    u than to its neighbours -> u, and exact ties to the even level (torch.round: 0 -> 127.5 -> 128)."""
     return ((x.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
@@ -437,11 +544,82 @@ def save_png(path, grid: Tensor) -> None:
     Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)).save(path)
 
 
-def save_npz(path, images: Tensor, **extra) -> None:
-    """Save uint8 images (n, C, H, W) as ``images`` in an .npz, plus any ``extra`` arrays/tensors."""
+def save_npz(path, images: Tensor, compressed: bool = False, **extra) -> None:
+    """Save uint8 images (n, C, H, W) as ``images`` in an .npz (zip-deflated with ``compressed``), plus any
+    ``extra`` arrays/tensors."""
     conv = {k: (v.detach().cpu().numpy() if isinstance(v, Tensor) else np.asarray(v)) for k, v in extra.items()}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, images=torch.as_tensor(images).cpu().numpy(), **conv)
+    (np.savez_compressed if compressed else np.savez)(path, images=torch.as_tensor(images).cpu().numpy(), **conv)
+
+
+def check_images(images, what: str = "images", value_range: bool = True) -> Tensor:
+    """Validate images given to the image code and return them as a tensor (n, C, H, W) (a (n, H, W) batch
+    gets its channel axis): uint8 in [0, 255], or floating point, finite and (with ``value_range``) in
+    [-1, 1] (1e-3 of slack for rounding; noisy observations may lie outside). Raises ValueError saying what
+    ``what`` holds and how to fix it (e.g. [0, 255] floats, or int32 images)."""
+    x = torch.as_tensor(images) if not isinstance(images, Tensor) else images
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or 0 in x.shape:
+        raise ValueError(f"{what}: expected images of shape (n, C, H, W) or (n, H, W); got shape {tuple(x.shape)}")
+    if x.dtype == torch.uint8:
+        return x
+    if not x.is_floating_point():
+        lo, hi = int(x.min()), int(x.max())
+        raise ValueError(f"{what}: {x.dtype} images (values {lo}..{hi}); give uint8 images in [0, 255] "
+                         "(e.g. numpy's a.astype(np.uint8) after checking the range) or floats in [-1, 1]")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what}: the images contain NaN or inf")
+    lo, hi = float(x.min()), float(x.max())
+    if value_range and (lo < -1 - 1e-3 or hi > 1 + 1e-3):
+        hint = " (they look like [0, 255] pixel values: pass them as uint8, or as x / 127.5 - 1)" if hi > 2 else ""
+        raise ValueError(f"{what}: float images must lie in [-1, 1]; these span [{lo:.4g}, {hi:.4g}]{hint}")
+    return x
+
+
+def read_images(paths) -> Tensor:
+    """uint8 images (n, C, H, W) from one .npz (array ``images``: uint8 (n, C, H, W) or (n, H, W), as ``cmlite
+    sample`` writes) or from image files (PNG, JPEG, ...; one image each, all of one size). Errors name the
+    file and say what was wrong: unreadable or truncated files, a missing ``images`` array, another dtype,
+    shape or value range, images of different sizes."""
+    paths = [str(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+    if not paths:
+        raise ValueError("no input files given")
+    npz = [p for p in paths if p.endswith(".npz")]
+    if npz:
+        if len(paths) > 1:
+            raise ValueError("give one .npz, or image files, not both (nor several .npz files)")
+        if not Path(paths[0]).is_file():
+            raise FileNotFoundError(f"{paths[0]}: no such file")
+        try:
+            (a,) = _npz_arrays(Path(paths[0]), ("images",))
+        except ValueError as e:
+            raise ValueError(f"{e}. Write uint8 images (n, C, H, W) under the name `images`, as `cmlite sample` "
+                             "does") from None
+        if a.dtype != np.uint8:
+            raise ValueError(f"{paths[0]}: `images` must be uint8 (n, C, H, W) in [0, 255]; got {a.dtype} "
+                             f"{a.shape}" + (" (floats in [-1, 1]: save ((a + 1) * 127.5).round().astype(np.uint8))"
+                                             if a.dtype.kind == "f" else ""))
+        if a.ndim not in (3, 4) or 0 in a.shape or (a.ndim == 4 and a.shape[1] not in (1, 3)):
+            raise ValueError(f"{paths[0]}: `images` must have shape (n, C, H, W) with C = 1 or 3, or (n, H, W); "
+                             f"got {a.shape}" + (" (channels last? use a.transpose(0, 3, 1, 2))"
+                                                 if a.ndim == 4 and a.shape[-1] in (1, 3) else ""))
+        return torch.from_numpy(np.ascontiguousarray(a[:, None] if a.ndim == 3 else a))
+    from PIL import Image
+    imgs = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"{p}: no such file")
+        try:
+            with Image.open(p) as im:
+                a = np.asarray(im.convert(_image_mode(im.mode)))
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ValueError(f"{p}: not a readable image file ({type(e).__name__}: {e})") from None
+        imgs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+    if len({a.shape for a in imgs}) > 1:
+        raise ValueError(f"the input images have different shapes (C, H, W): {sorted({a.shape for a in imgs})}; "
+                         "give images of one size")
+    return torch.from_numpy(np.stack(imgs))
 
 
 # ---------------------------------------------------------------------------------------------- synthetic
@@ -487,4 +665,5 @@ def synthetic_dataset(n: int = 2048, channels: int = 1, resolution: int = 16, nu
     tint = colour[:, :, None, None] if channels == 3 else 1.0
     img = bg[:, None, None, None] + cover * (fg[:, None, None, None] * tint - bg[:, None, None, None])
     img = (img + noise * eps).clamp(0, 1)
-    return ImageData((img * 255).round().to(torch.uint8), labels, num_classes, f"shapes{R}")
+    return ImageData((img * 255).round().to(torch.uint8), labels, num_classes, f"shapes{R}",
+                     f"{n} synthetic shapes (seed {seed})")

@@ -46,6 +46,7 @@ from ..editing import (STROKE_TS, Colorize, EditOperator, Inpaint, StrokeGuided,
                        denoise as _denoise, edit as _edit, luminance, slerp, upsample_repeat)
 from ..ode import solve
 from ..schedules import EPS, T_MAX, karras_boundaries
+from .data import check_images
 
 #: The editing tasks of :func:`edit`.
 TASKS = ("inpaint", "colorize", "superres", "stroke", "denoise", "interpolate")
@@ -325,7 +326,8 @@ def edit(model, task: str, y, *, mask=None, factor: int = 2, sigma: float | None
         model: a consistency model f_theta(x, t) (e.g. from :func:`cmlite.image.run.load_run`), a
             :class:`ModelFn`, or a :class:`TeacherODE` (the teacher baseline).
         task: one of :data:`TASKS`.
-        y: the reference, (B, C, H, W) at the model's size, except:
+        y: the reference, (B, C, H, W) at the model's size, in [-1, 1] (or uint8 in [0, 255], scaled here;
+            another dtype or range raises ValueError), except:
 
             * ``colorize``: (B, 3, H, W) colour images (their luminance is kept) or (B, 1, H, W) luminance;
             * ``superres``: full-size images (their patch means are kept) or (B, C, H/factor, W/factor)
@@ -359,7 +361,9 @@ def edit(model, task: str, y, *, mask=None, factor: int = 2, sigma: float | None
         return out.reshape((K, B) + tuple(z0.shape[1:]))
     if not isinstance(y, Tensor) or y.ndim != 4:
         raise ValueError(f"y must be a tensor of images (B, C, H, W); got {getattr(y, 'shape', type(y))}")
-    y = y.float() if not y.is_floating_point() else y
+    # range-checked where y is an image (colorize's y from a grey image and denoise's noisy y may leave [-1, 1])
+    y = check_images(y, f"the reference y of {task}", value_range=task in ("inpaint", "superres", "stroke"))
+    y = y.float() / 127.5 - 1 if y.dtype == torch.uint8 else y
     if task == "denoise":
         if sigma is None:
             raise ValueError("denoise needs the noise level sigma of y = x + sigma z")
@@ -476,7 +480,8 @@ def problem_from_input(task: str, images: Tensor, shape: Sequence[int], *, obser
                        seed: int = 0) -> Problem:
     """A :class:`Problem` from user images for a model making images of ``shape`` (C, H, W).
 
-    ``images``: uint8 (B, C, H, W) (or float in [-1, 1]). By default they are clean images, degraded here
+    ``images``: uint8 (B, C, H, W) (or float in [-1, 1]; checked by :func:`cmlite.image.data.check_images`:
+    another dtype, shape or range raises ValueError). By default they are clean images, degraded here
     (:func:`make_problem`) and kept as ``original``. They are taken as the observation itself (no
     original) when ``observed=True`` (denoise: already noisy at ``sigma``; stroke: already a painting;
     inpaint: the pixels under the mask are ignored anyway), and automatically for colorize with
@@ -487,11 +492,8 @@ def problem_from_input(task: str, images: Tensor, shape: Sequence[int], *, obser
     if task == "interpolate":
         raise ValueError("interpolate takes no input images (it interpolates between two noises)")
     C, H, W = (int(s) for s in shape)
+    images = check_images(images, f"{task} input", value_range=not (observed and task == "denoise"))
     x = images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
-    if x.ndim == 3:
-        x = x[:, None]
-    if x.ndim != 4:
-        raise ValueError(f"input images must have shape (n, C, H, W) or (n, H, W); got {tuple(images.shape)}")
     n, c, h, w = x.shape
     want = f"{C}x{H}x{W} (channels x height x width)"
     if task == "colorize":

@@ -257,16 +257,23 @@ def fid_from_features(f1: Tensor, f2: Tensor) -> float:
 
 @torch.no_grad()
 def extract_features(feature_fn: FeatureFn, images: Tensor, batch_size: int = 500,
-                     device: str | torch.device | None = None) -> Tensor:
-    """``feature_fn`` over ``images`` in batches (each moved to ``device``): (n, d) float32 on ``device``."""
+                     device: str | torch.device | None = None, log: Callable[[str], None] | None = None,
+                     desc: str = "features") -> Tensor:
+    """``feature_fn`` over ``images`` in batches (each moved to ``device``): (n, d) float32 on ``device``.
+    ``log``: called with a progress line (``desc``: done/total) about every tenth of the images."""
     _check_uint8(images)
     device = torch.device(device) if device is not None else _default_device()
-    out = []
-    for i in range(0, images.shape[0], batch_size):
+    n = images.shape[0]
+    out, every, shown = [], max(n // 10, 1), 0
+    for i in range(0, n, batch_size):
         f = feature_fn(images[i:i + batch_size].to(device))
-        if f.ndim != 2 or f.shape[0] != min(batch_size, images.shape[0] - i):
+        if f.ndim != 2 or f.shape[0] != min(batch_size, n - i):
             raise ValueError(f"feature_fn must return (batch, d) features; got shape {tuple(f.shape)}")
         out.append(f.detach().to(device=device, dtype=torch.float32))
+        done = min(i + batch_size, n)
+        if log is not None and (done - shown >= every or done == n):
+            log(f"{desc}: {done}/{n} images")
+            shown = done
     return torch.cat(out)
 
 
@@ -275,26 +282,35 @@ class FIDScorer:
 
     ``reference_images``: uint8 (n, C, H, W), e.g. the whole training set; its features (kept for
     :meth:`floor`) and statistics are computed once. ``floor_images``: optional real images that are
-    *not* in the reference (e.g. the test split) for an unbiased floor.
+    *not* in the reference (e.g. the test split) for an unbiased floor. ``log``: a callable that gets
+    progress lines while features are computed (``name`` says which scorer).
 
     >>> scorer = FIDScorer(InceptionFeatures(), train_images, floor_images=test_images)  # doctest: +SKIP
     >>> scorer.evaluate(samples)  # {'fid': ..., 'floor': ..., 'n': 10000, 'floor_source': 'floor_images'}  # doctest: +SKIP
     """
 
     def __init__(self, feature_fn: FeatureFn, reference_images: Tensor, device: str | torch.device | None = None,
-                 batch_size: int = 500, floor_images: Tensor | None = None):
+                 batch_size: int = 500, floor_images: Tensor | None = None,
+                 log: Callable[[str], None] | None = None, name: str = "features"):
         self.feature_fn, self.batch_size = feature_fn, int(batch_size)
         self.device = torch.device(device) if device is not None else _default_device()
-        ref = self.features(reference_images)
+        self.log, self.name = log, name
+        ref = self.features(reference_images, f"{name} of the reference set")
         self.mu, self.sigma = feature_stats(ref)
         self.reference_features = ref.cpu()
         self.n_reference = ref.shape[0]
         self._floor_images = floor_images
         self._floor_features: Tensor | None = None
 
-    def features(self, images: Tensor) -> Tensor:
-        """(n, d) float32 features of uint8 images, on ``self.device``."""
-        return extract_features(self.feature_fn, images, self.batch_size, self.device)
+    def features(self, images: Tensor, desc: str | None = None) -> Tensor:
+        """(n, d) float32 features of uint8 images, on ``self.device`` (progress to ``self.log`` with ``desc``)."""
+        log = getattr(self, "log", None) if desc is not None else None
+        return extract_features(self.feature_fn, images, self.batch_size, self.device, log, desc or "")
+
+    @property
+    def floor_pool_size(self) -> int:
+        """How many real images :meth:`floor` draws from: the floor images, else the reference set."""
+        return len(self._floor_images) if self._floor_images is not None else self.n_reference
 
     def score_features(self, features: Tensor) -> float:
         return frechet_distance(*feature_stats(features.to(self.device)), self.mu, self.sigma)
@@ -316,7 +332,7 @@ class FIDScorer:
         g = torch.Generator().manual_seed(seed)
         if self._floor_images is not None:
             if self._floor_features is None:
-                self._floor_features = self.features(self._floor_images).cpu()
+                self._floor_features = self.features(self._floor_images, f"{self.name} of the floor images").cpu()
             pool, source = self._floor_features, "floor_images"
         else:
             pool, source = self.reference_features, "reference_subset"

@@ -15,9 +15,12 @@ core's model, loss and schedule, :class:`~cmlite.training.Trainer` trains them.
 from __future__ import annotations
 
 import json
+import math
 import os
+import signal
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -25,23 +28,16 @@ from torch import Tensor
 from ..sampling import multistep_sample
 from ..schedules import EPS, T_MAX, karras_boundaries
 from ..ode import solve
-from ..training import Trainer, compile_net, init_distributed, load_checkpoint
-from .data import GPUBatches, ImageData, load_dataset, make_grid, save_png, synthetic_dataset, to_uint8
-from .recipes import Recipe, build, build_net
+from ..devices import compile_cache, resolve_compile, resolve_device, resolve_precision
+from ..training import (ConfigMismatchError, Trainer, TrainingInterrupted, compile_net, init_distributed,
+                        load_checkpoint)
+from .budget import GRID_IMAGES, Budget, Say, calibrate, grid_seconds
+from .data import (GPUBatches, ImageData, hold_out_floor, load_dataset, make_grid, save_png, synthetic_dataset,
+                   to_uint8)
+from .recipes import RECIPES, Recipe, build, build_net
 
 CHECKPOINT, WEIGHTS, RECIPE_FILE = "checkpoint.pt", "ema.safetensors", "recipe.json"
 STEADY_AFTER = 10  # steps before the steady-state throughput is measured (compilation, cudnn autotuning)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'cuda' (this rank's GPU under torchrun), 'cpu', or 'cuda:k'; a clear error without a GPU."""
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError("this recipe trains on a GPU but torch sees none; on a CPU use a tiny recipe "
-                               "or override: --set train.device=cpu train.precision=fp32 train.compile=False")
-        if name == "cuda":
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
-    return torch.device(name)
 
 
 def load_data(recipe: Recipe, root=None, split: str = "train", download: bool = False) -> ImageData:
@@ -52,18 +48,23 @@ def load_data(recipe: Recipe, root=None, split: str = "train", download: bool = 
         return synthetic_dataset(2048, channels=ch, resolution=res, num_classes=4,
                                  seed=0 if split == "train" else 1)
     if recipe.dataset.startswith("folder:"):
+        if split != "train":
+            raise FileNotFoundError(f"an image folder ({recipe.dataset}) has no {split} split")
         return load_dataset("folder", root=recipe.dataset[len("folder:"):], split=split)
     return load_dataset(recipe.dataset, root=root, split=split, download=download)
 
 
-def load_train_test(recipe: Recipe, root=None) -> tuple[ImageData, ImageData | None]:
-    """The recipe's training split and its test split, or None where the data set has none here
-    (CIFAR-10's JPEG archive holds only the training images)."""
-    train = load_data(recipe, root, "train")
+def load_train_test(recipe: Recipe, root=None, download: bool = False) -> tuple[ImageData, ImageData | None]:
+    """(the images a recipe trains on, unseen real images): the training and test splits; where the data
+    set has no test split here (CIFAR-10's JPEG archive, image folders), the training split less a fixed
+    held-out set, and that set (:func:`cmlite.image.data.hold_out_floor`). :func:`train` trains on the
+    first part, so the second is never trained on; it is the FID floor's and the classifier's test set.
+    (All images and None for a folder of fewer than 10 images: too few to hold any out.)"""
+    train = load_data(recipe, root, "train", download)
     try:
         return train, load_data(recipe, root, "test")
-    except (FileNotFoundError, ValueError):
-        return train, None
+    except FileNotFoundError:
+        return hold_out_floor(train) if len(train) >= 10 else (train, None)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -90,125 +91,353 @@ def _check_shape(info: dict, data: ImageData, recipe: Recipe, where: str) -> Non
 def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: str | os.PathLike | None = None,
           minutes: float | None = None, steps: int | None = None, resume: bool = False, download: bool = False,
           progress: bool = True, callback=None, callback_every: int | None = None,
-          checkpoint_minutes: float = 5.0) -> dict:
+          checkpoint_minutes: float = 5.0, force_resume: bool = False, cache_dir: str | os.PathLike | None = None,
+          clock: Callable[[], float] | None = None, started_at: float | None = None) -> dict:
     """Train ``recipe`` into the folder ``out``; return the run's summary (also in recipe.json).
 
-    ``minutes``: a wall-clock budget (default the recipe's); then, unless ``steps`` is given, the step count
-    (and the CT / iCT schedule horizon K) is calibrated from the measured time of the first steps.
+    ``minutes``: a wall-clock budget for the whole run (default the recipe's, unless ``steps`` is given),
+    counted from ``started_at`` (a reading of ``clock``; default: the call; the command line passes the
+    process's start); unless ``steps`` is given, the step count (and the CT / iCT schedule horizon K) is
+    calibrated to it from the time of the first steps (:mod:`cmlite.image.budget`). ``steps``: a fresh run
+    trains exactly this many (K = steps); a resumed one stops at this step (K stays the run's).
     ``teacher``: the run folder of a trained teacher (``cd`` recipes; optional initialisation for ``ct``).
-    ``resume``: continue from ``out/checkpoint.pt`` exactly; refused if the recipe or shapes differ.
-    Under ``torchrun`` every rank runs this; rank 0 writes the files."""
-    t_start = time.monotonic()
+    ``resume``: continue from ``out/checkpoint.pt`` exactly; refused if the recipe or shapes differ, or if
+    settings differ unless ``force_resume``. ``cache_dir``: torch.compile's cache folder
+    (:func:`cmlite.devices.compile_cache`). ``clock``: the clock of the budget and the timings (default
+    ``time.monotonic``; tests pass a fake one). Progress lines go to stderr unless ``progress`` is False (warnings always do).
+    SIGTERM or Ctrl-C stops the run with a message: during training after writing the checkpoint
+    (:class:`~cmlite.training.TrainingInterrupted`), before it with :class:`StoppedEarly` (recipe.json says
+    so). Under ``torchrun`` every rank runs this; rank 0 writes the files.
+
+    The summary holds, besides the recipe: steps, K, images/s (whole session, and steady: after the first
+    10 steps), ``startup_s`` (seconds from the start to the end of the first training step: imports, data,
+    networks, compilation), ``skipped_steps`` (fp16 loss scaling) and the budget's figures."""
+    clock = clock or time.monotonic
+    t_start = clock() if started_at is None else started_at
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
+                                or not math.isfinite(minutes) or minutes <= 0):
+        raise ValueError(f"--minutes must be a positive number of minutes; got {minutes!r} "
+                         "(for a fixed number of steps use --steps)")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"--steps must be a positive integer; got {steps!r}")
     rank, world_size = init_distributed()
+    say = Say(rank == 0, quiet=not progress)   # warnings even when quiet
     out = Path(out)
-    cfg = recipe.train
+    cfg = recipe.train.check()
     device = resolve_device(cfg.device)
     cfg.device = str(device)
+    cfg.precision, cfg.compile = resolve_precision(cfg.precision, device), resolve_compile(cfg.compile, device)
+    if cfg.compile:
+        cache_dir = compile_cache(cache_dir)
     minutes = recipe.minutes if minutes is None and steps is None else minutes
+    budget = Budget(minutes, t_start, clock)
+    ckpt_path = out / CHECKPOINT
+    saved = _open_checkpoint(out, recipe, resume)
+    if saved is not None:
+        at, stop_at = saved["step"], steps or saved["meta"]["K"]
+        if stop_at <= at:
+            raise ValueError(f"the run in {out} is already at step {at}" + ("" if steps else f" (its K = {stop_at})")
+                             + f": nothing to train. When resuming, --steps is the step to stop at: give more "
+                               f"than {at} to train on")
+    elif rank == 0:
+        _start_folder(out, recipe)
+    stage = _Stage(out if saved is None and rank == 0 else None, recipe, resume, ckpt_path)
+    with stage:
+        stage.now = "loading the data"
+        say(f"{recipe.name}: loading the data ({recipe.dataset}) on {device}, {cfg.precision}"
+            + (", compiled" if cfg.compile else "") + f", {torch.get_num_threads()} CPU threads")
+        t_data = clock()
+        data = load_train_test(recipe, data_root, download)[0]   # without the held-out floor images, if any
+        say(f"{len(data)} training images {tuple(data.images.shape[1:])} in {clock() - t_data:.1f} s")
+        num_classes = data.num_classes if recipe.conditional else 0
+        if recipe.conditional and not num_classes:
+            raise ValueError(f"recipe {recipe.name!r} is class-conditional but data set {recipe.dataset!r} has no labels")
+        stage.now = "building the networks"
+        torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
+        net = build_net(recipe, data.channels, data.images.shape[-1], num_classes)
+        teacher_model, teacher_info = None, None
+        if recipe.method == "cd" or (teacher is not None and recipe.init_from_teacher):
+            if teacher is None:
+                raise ValueError(f"recipe {recipe.name!r} distils a teacher: pass --teacher RUN, a run folder made "
+                                 f"by {_teacher_command(recipe)}")
+            teacher_model, teacher_info = load_run(teacher, device)
+            if teacher_info["recipe"]["method"] != "teacher":
+                raise ValueError(f"{teacher} is a {teacher_info['recipe']['method']!r} run, not a teacher")
+            if cfg.channels_last:  # the online network's layout (the Trainer moves it), so cuDNN copies no weights
+                teacher_model.to(memory_format=torch.channels_last)
+            if cfg.compile:
+                compile_net(teacher_model.net, cfg.channels_last)
+            _check_shape(teacher_info, data, recipe, f"the teacher {teacher}")
+            if recipe.init_from_teacher and saved is None:
+                net.load_state_dict(teacher_model.net.state_dict())
+        K = saved["meta"]["K"] if saved is not None else steps or cfg.steps
+        model, loss, schedule = build(recipe, net, teacher_model, steps=K)
+        batches = GPUBatches(data if recipe.conditional else ImageData(data.images, None, 0, data.name),
+                             cfg.batch_size // world_size, device, flip=recipe.flip, channels_last=cfg.channels_last,
+                             seed=cfg.seed, rank=rank, world_size=world_size)
+        meta = {"recipe": recipe.name, "method": recipe.method, "shape": [data.channels, *data.images.shape[2:]],
+                "num_classes": num_classes, "K": K}
+        cfg.steps = steps if (saved is not None and steps) else K  # resume: --steps is where to stop; K stays
+        trainer = Trainer(model, loss, batches, cfg, schedule, meta=meta, clock=clock)
+        if saved is not None:
+            _resume_from(trainer, saved, ckpt_path, force_resume)
+            del saved
+        step0, t_train0, first = trainer.step, clock(), {}
+        nfe = teacher_nfe(18) if recipe.method == "teacher" else 1   # the final sample grid's evaluations
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+        def first_step(now):
+            if not first:
+                first["t"] = now
+                say(f"first training step done {now - t_start:.1f} s after the start (imports, data, networks"
+                    + (", compilation" if cfg.compile else "") + ")")
+
+        per_step, n_cal = None, 0
+        if budget.deadline is not None and steps is None and trainer.step == 0:  # calibrate K to the budget
+            stage.now = "calibrating the step count"
+            say(f"calibrating the step count to the {minutes:g}-minute budget ({budget.used():.1f} s used so far)")
+            per_step = calibrate(trainer, budget, 30 if device.type == "cuda" else 5, sync,
+                                 agree=lambda *f: _rank0_decides(f, device, world_size), on_step=first_step)
+            n_cal = trainer.step
+            if per_step is None:
+                K = trainer.step
+                say(f"the {minutes:g}-minute budget ran out after {K} training steps of about "
+                    f"{(clock() - t_train0) / K:.1f} s (the first includes start-up"
+                    + (" and compilation" if cfg.compile else "") + "): training stops here. Give more --minutes, "
+                    "or --steps for a fixed number of steps", warning=True)
+            else:
+                room = budget.left() - grid_seconds(per_step, cfg.batch_size, nfe)
+                K = trainer.step + max(int(room / per_step), 0)
+            if world_size > 1:  # every rank must agree on K
+                k = torch.tensor([K], device=device)
+                torch.distributed.broadcast(k, 0)
+                K = int(k)
+            if per_step is not None:
+                say(f"{per_step:.3g} s per step: K = {K} steps fill the budget ({trainer.step} calibration steps, "
+                    f"{budget.used():.1f} s used)")
+            trainer.schedule = build(recipe, net, teacher_model, steps=K)[2]
+            trainer.config.steps = K
+            trainer.meta["K"] = K
+        stage.now = "training"
+        if rank == 0:
+            _write_json(out / RECIPE_FILE, {"recipe": recipe.to_dict(), "shape": meta["shape"],
+                                            "num_classes": num_classes, "status": "training"})
+        left = None
+        if budget.deadline is not None:
+            reserve = grid_seconds(per_step, cfg.batch_size, nfe) if per_step else 0.0
+            left = max(budget.left() - reserve, 0.0) / 60
+        # steady-state throughput: (step, time) at the log steps after STEADY_AFTER steps (compilation and
+        # autotuning done); the host has just read the loss there, so these are in step with the device
+        marks, every = [], max(cfg.log_every, 1)
+
+        def timed(tr):
+            now = clock()
+            first_step(now)
+            if tr.step % every == 0 and tr.step - step0 >= STEADY_AFTER:
+                sync()
+                marks.append((tr.step, clock()))
+            if callback is not None and callback_every and tr.step % callback_every == 0:
+                callback(tr)
+        stage.fit = True
+        trainer.fit(steps=0 if left == 0 and world_size == 1 else None, progress=progress, desc=recipe.name, minutes=left,
+                    checkpoint=ckpt_path, checkpoint_minutes=checkpoint_minutes, callback=timed, callback_every=1)
+        stage.fit = False
+        sync()
+        t_end = clock()
+        seconds = t_end - t_train0
+        done = trainer.step - step0
+        summary = {"recipe": recipe.to_dict(), "shape": meta["shape"], "num_classes": num_classes, "status": "done",
+                   "steps": trainer.step, "K": trainer.meta["K"], "world_size": world_size,
+                   "images_seen": trainer.step * cfg.batch_size, "epochs": batches.epoch, "train_images": len(data),
+                   "train_seconds_this_session": seconds,
+                   "images_per_second": done * cfg.batch_size / max(seconds, 1e-9),
+                   "steady_images_per_second": (marks[-1][0] - marks[0][0]) * cfg.batch_size
+                   / max(marks[-1][1] - marks[0][1], 1e-9) if len(marks) > 1 else None,
+                   "steady_steps": marks[-1][0] - marks[0][0] if len(marks) > 1 else 0,
+                   "startup_seconds": (marks[0][1] - t_start) if marks else None,
+                   "startup_s": first["t"] - t_start if first else None,
+                   "minutes_budget": minutes, "calibrated_seconds_per_step": per_step, "calibration_steps": n_cal,
+                   "skipped_steps": trainer.skipped_steps,
+                   "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+                   "teacher": str(teacher) if teacher is not None else None,
+                   "final_loss": trainer.history["loss"][-1] if trainer.history["loss"] else None}
+        if trainer.skipped_steps:
+            say(f"fp16 loss scaling skipped {trainer.skipped_steps} of {trainer.step} steps (their gradients "
+                "overflowed; the scale was lowered)", warning=done > 0 and trainer._skip_streak >= done)
+        stage.writing()   # a signal now waits until the files are written
+        if rank == 0:
+            per_step_now = seconds / done if done else per_step
+            draw = True
+            if budget.deadline is not None and per_step_now:
+                est = grid_seconds(per_step_now, cfg.batch_size, nfe)
+                if est > budget.left() + per_step_now:
+                    draw = False
+                    say(f"samples.png not drawn: it would take about {est:.0f} s, past the {minutes:g}-minute "
+                        f"budget; draw samples with `cmlite sample {out}`", warning=True)
+            try:
+                save_weights(trainer.ema, out / WEIGHTS)
+                _write_json(out / "history.json", trainer.history)
+                summary["wall_seconds"] = clock() - t_start
+                _write_json(out / RECIPE_FILE, summary)
+                if draw:
+                    imgs = sample_images(trainer.ema, summary, GRID_IMAGES,
+                                         steps=1 if recipe.method != "teacher" else 18, device=device, seed=0)
+                    save_png(out / "samples.png", make_grid(imgs, nrow=8))
+                    summary["wall_seconds"] = clock() - t_start
+            except OSError as e:
+                raise OSError(e.errno, f"cannot write the run's files in {out}: {e.strerror or e}. The checkpoint "
+                                       f"{ckpt_path} is complete: free some space and run again with --resume "
+                                       "(it writes them)") from e
+    return summary
+
+
+class StoppedEarly(KeyboardInterrupt):
+    """SIGTERM or Ctrl-C stopped :func:`train` outside the training loop (while loading data, compiling,
+    calibrating, or, deferred, after writing the final files); the message says what is left."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class _Stage:
+    """What :func:`train` is doing, for the message when a signal stops it outside ``Trainer.fit`` (which
+    handles its own): SIGTERM raises :class:`StoppedEarly` (Ctrl-C's KeyboardInterrupt becomes one), and
+    a fresh run's recipe.json records where it stopped. With ``defer``, a signal waits until the block ends."""
+
+    def __init__(self, folder: Path | None, recipe: Recipe, resume: bool, ckpt_path: Path):
+        self.folder, self.recipe, self.resume, self.ckpt = folder, recipe, resume, ckpt_path
+        self.now, self.fit, self.defer, self.pending = "starting", False, False, None
+        self.previous, self.previous_int = None, None
+
+    def _on_signal(self, signum, frame):
+        if self.defer:
+            self.pending = signum
+        else:
+            raise self._stopped(signum)
+
+    def _stopped(self, signum) -> StoppedEarly:
+        name = signal.Signals(signum).name
+        if self.defer:
+            return StoppedEarly(f"{name} arrived while writing the run's files; they were finished first: "
+                                f"the run in {self.ckpt.parent} is complete", signum)
+        if self.resume:
+            what = f"the checkpoint {self.ckpt} is unchanged: continue with --resume"
+        else:
+            what = ("nothing was saved (calibration steps are not checkpointed)" if "calibrat" in self.now
+                    else "nothing was trained") + "; start the run again"
+        if self.folder is not None:
+            try:
+                _write_json(self.folder / RECIPE_FILE, {"recipe": self.recipe.to_dict(),
+                                                        "status": f"stopped by {name} while {self.now}: {what}"})
+            except OSError:
+                pass
+        return StoppedEarly(f"stopped by {name} while {self.now}, before training: {what}", signum)
+
+    def writing(self) -> None:
+        """From here SIGTERM and Ctrl-C wait until the block ends: the final files are written first."""
+        self.now, self.defer = "writing the run's files", True
+        try:
+            self.previous_int = signal.signal(signal.SIGINT, self._on_signal)
+        except ValueError:
+            pass
+
+    def __enter__(self):
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._on_signal)
+        except ValueError:  # not the main thread: no handler
+            self.previous = None
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        if self.previous_int is not None:
+            signal.signal(signal.SIGINT, self.previous_int)
+        if isinstance(exc, TrainingInterrupted):   # Trainer.fit stopped after writing its checkpoint
+            if self.folder is not None or self.resume:
+                try:
+                    _write_json(self.ckpt.parent / RECIPE_FILE, {
+                        "recipe": self.recipe.to_dict(), "status": f"{exc}: continue with --resume"})
+                except OSError:
+                    pass
+            return False
+        if exc is not None and type(exc) is KeyboardInterrupt and not self.fit:   # Ctrl-C
+            raise self._stopped(signal.SIGINT) from None
+        if exc is None and self.pending is not None:
+            raise self._stopped(self.pending)
+        return False
+
+
+def _rank0_decides(flags, device, world_size) -> list:
+    """Rank 0's booleans on every rank (one small broadcast); as they are in one process."""
+    if world_size == 1:
+        return list(flags)
+    t = torch.tensor([float(f) for f in flags], device=device)
+    torch.distributed.broadcast(t, 0)
+    return [bool(v) for v in t.tolist()]
+
+
+def _teacher_command(recipe: Recipe) -> str:
+    """How to train a teacher for ``recipe``'s data: the teacher recipe of the same data set."""
+    same = sorted(n for n, r in RECIPES.items() if r.method == "teacher" and r.dataset == recipe.dataset)
+    if same:
+        return f"`cmlite train {same[0]} --out runs/{same[0]}`"
+    return (f"a teacher recipe on the same data, e.g. `cmlite train mnist-teacher --set dataset={recipe.dataset}` "
+            f"(the teacher recipes: {', '.join(sorted(n for n, r in RECIPES.items() if r.method == 'teacher'))})")
+
+
+def _read_status(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / RECIPE_FILE).read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _open_checkpoint(out: Path, recipe: Recipe, resume: bool) -> dict | None:
+    """The checkpoint to resume from (None for a fresh run), with clear errors for a wrong folder."""
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists() and not resume:
         raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out")
-    if resume and not ckpt_path.exists():
-        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-    saved = load_checkpoint(ckpt_path, "cpu") if resume else None
-    if saved is not None and saved.get("meta", {}).get("recipe") != recipe.name:
+    if not resume:
+        return None
+    if not out.is_dir():
+        raise FileNotFoundError(f"--resume: there is no run folder {out}; start the run without --resume")
+    if not ckpt_path.is_file():
+        status = _read_status(out)
+        if status is None and not (out / RECIPE_FILE).is_file():
+            raise FileNotFoundError(f"--resume: {out} is not a cmlite run folder (no {CHECKPOINT}, no {RECIPE_FILE}); "
+                                    "give the folder that `cmlite train --out` wrote")
+        raise FileNotFoundError(f"--resume: {out} has no {CHECKPOINT} (its {RECIPE_FILE} says: {status!r}): the "
+                                "run stopped before its first checkpoint. Start it again without --resume")
+    saved = load_checkpoint(ckpt_path, "cpu")
+    if saved.get("meta", {}).get("recipe") != recipe.name:
         raise ValueError(f"{ckpt_path} belongs to recipe {saved.get('meta', {}).get('recipe')!r}, "
                          f"not {recipe.name!r}: resume with the same recipe")
+    return saved
 
-    data = load_data(recipe, data_root, "train", download)
-    num_classes = data.num_classes if recipe.conditional else 0
-    if recipe.conditional and not num_classes:
-        raise ValueError(f"recipe {recipe.name!r} is class-conditional but data set {recipe.dataset!r} has no labels")
-    torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
-    net = build_net(recipe, data.channels, data.images.shape[-1], num_classes)
-    teacher_model, teacher_info = None, None
-    if recipe.method == "cd" or (teacher is not None and recipe.init_from_teacher):
-        if teacher is None:
-            raise ValueError(f"recipe {recipe.name!r} distils a teacher: pass --teacher RUN (a folder made by "
-                             f"`cmlite train {recipe.dataset}-teacher`)")
-        teacher_model, teacher_info = load_run(teacher, device)
-        if teacher_info["recipe"]["method"] != "teacher":
-            raise ValueError(f"{teacher} is a {teacher_info['recipe']['method']!r} run, not a teacher")
-        if cfg.channels_last:  # the online network's layout (the Trainer moves it), so cuDNN copies no weights
-            teacher_model.to(memory_format=torch.channels_last)
-        if cfg.compile:
-            compile_net(teacher_model.net, cfg.channels_last)
-        _check_shape(teacher_info, data, recipe, f"the teacher {teacher}")
-        if recipe.init_from_teacher and saved is None:
-            net.load_state_dict(teacher_model.net.state_dict())
-    K = (saved["meta"]["K"] if saved is not None else steps or cfg.steps)
-    model, loss, schedule = build(recipe, net, teacher_model, steps=K)
-    batches = GPUBatches(data if recipe.conditional else ImageData(data.images, None, 0, data.name),
-                         cfg.batch_size // world_size, device, flip=recipe.flip, channels_last=cfg.channels_last,
-                         seed=cfg.seed, rank=rank, world_size=world_size)
-    meta = {"recipe": recipe.name, "method": recipe.method, "shape": [data.channels, *data.images.shape[2:]],
-            "num_classes": num_classes, "K": K}
-    cfg.steps = steps if (saved is not None and steps) else K  # resume: --steps is where to stop; K stays
-    trainer = Trainer(model, loss, batches, cfg, schedule, meta=meta)
-    if saved is not None:
-        trainer.load_state_dict(saved)
-        del saved
-    elif minutes is not None and steps is None:  # calibrate K to the budget from the first steps' time
-        n_cal = 30 if device.type == "cuda" else 5
-        for _ in trainer.steps(n_cal):  # includes compilation
-            pass
-        t_warm = time.monotonic()
-        for _ in trainer.steps(n_cal):  # ends with a flush: the losses are read, the device has caught up
-            pass
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        per_step = (time.monotonic() - t_warm) / n_cal
-        left = minutes * 60 - (time.monotonic() - t_start)
-        K = max(trainer.step + 1, trainer.step + int(left / per_step))
-        if world_size > 1:  # every rank must agree on K
-            k = torch.tensor([K], device=device)
-            torch.distributed.broadcast(k, 0)
-            K = int(k)
-        trainer.schedule = build(recipe, net, teacher_model, steps=K)[2]
-        trainer.config.steps = K
-        trainer.meta["K"] = K
-    t0, step0 = time.monotonic(), trainer.step
-    if rank == 0:
+
+def _resume_from(trainer: Trainer, saved: dict, ckpt_path: Path, force: bool) -> None:
+    """Load ``saved`` into ``trainer``; a settings mismatch names the --set values that resume it."""
+    try:
+        trainer.load_state_dict(saved, strict_config=not force)
+    except ConfigMismatchError as e:
+        fields = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in sorted(e.diff.items()))
+        sets = " ".join(f"train.{k}={a!r}" for k, (a, b) in sorted(e.diff.items()) if not k.startswith("meta."))
+        raise ConfigMismatchError(
+            f"{ckpt_path} was written with other settings ({fields}). Resume with the checkpoint's settings"
+            + (f" (--set {sets})" if sets else "") + ", or pass --force-resume (force_resume=True in Python) to "
+            "continue it with the new ones (the run is then no longer the one its recipe describes)", e.diff) from None
+
+
+def _start_folder(out: Path, recipe: Recipe) -> None:
+    """Create the run folder and its recipe.json (status 'starting'), or say clearly why it cannot be written."""
+    try:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / RECIPE_FILE, {"recipe": recipe.to_dict(), "shape": meta["shape"],
-                                        "num_classes": num_classes, "status": "training"})
-    left = None if minutes is None else max(minutes - (time.monotonic() - t_start) / 60, 0.0)
-    # steady-state throughput: (step, time) at the log steps after STEADY_AFTER steps (compilation and
-    # autotuning done); the host has just read the loss there, so these are in step with the device
-    marks, every = [], max(cfg.log_every, 1)
-
-    def timed(tr):
-        if tr.step % every == 0 and tr.step - step0 >= STEADY_AFTER:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            marks.append((tr.step, time.monotonic()))
-        if callback is not None and callback_every and tr.step % callback_every == 0:
-            callback(tr)
-    trainer.fit(progress=progress, desc=recipe.name, minutes=left,
-                checkpoint=ckpt_path, checkpoint_minutes=checkpoint_minutes, callback=timed, callback_every=1)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.monotonic() - t0
-    summary = {"recipe": recipe.to_dict(), "shape": meta["shape"], "num_classes": num_classes, "status": "done",
-               "steps": trainer.step, "K": trainer.meta["K"], "world_size": world_size,
-               "images_seen": trainer.step * cfg.batch_size, "epochs": batches.epoch,
-               "train_seconds_this_session": seconds,
-               "images_per_second": (trainer.step - step0) * cfg.batch_size / max(seconds, 1e-9),
-               "steady_images_per_second": (marks[-1][0] - marks[0][0]) * cfg.batch_size
-               / max(marks[-1][1] - marks[0][1], 1e-9) if len(marks) > 1 else None,
-               "steady_steps": marks[-1][0] - marks[0][0] if len(marks) > 1 else 0,
-               "startup_seconds": (marks[0][1] - t_start) if marks else None,
-               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-               "teacher": str(teacher) if teacher is not None else None,
-               "final_loss": trainer.history["loss"][-1] if trainer.history["loss"] else None}
-    if rank == 0:
-        save_weights(trainer.ema, out / WEIGHTS)
-        _write_json(out / "history.json", trainer.history)
-        _write_json(out / RECIPE_FILE, summary)
-        imgs = sample_images(trainer.ema, summary, 64, steps=1 if recipe.method != "teacher" else 18,
-                             device=device, seed=0)
-        save_png(out / "samples.png", make_grid(imgs, nrow=8))
-    return summary
+        _write_json(out / RECIPE_FILE, {"recipe": recipe.to_dict(), "status": "starting"})
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write the run folder {out}: {e.strerror or e}. Choose a writable --out "
+                               "(with free space)") from e
 
 
 def load_run(run: str | os.PathLike, device="cpu") -> tuple[torch.nn.Module, dict]:
@@ -218,16 +447,32 @@ def load_run(run: str | os.PathLike, device="cpu") -> tuple[torch.nn.Module, dic
     mode on ``device``, and the run's summary dict (``info['recipe']`` is the recipe as a dict)."""
     run = Path(run)
     f = run / RECIPE_FILE
+    if not run.is_dir():
+        raise FileNotFoundError(f"there is no run folder {run}; give a folder made by `cmlite train` (its --out)")
     if not f.is_file():
-        raise FileNotFoundError(f"{run} is not a cmlite run folder (no {RECIPE_FILE}); train one with `cmlite train`")
-    info = json.loads(f.read_text())
+        raise FileNotFoundError(f"{run} is not a cmlite run folder (no {RECIPE_FILE}); give a folder made by "
+                                "`cmlite train` (its --out)")
+    try:
+        info = json.loads(f.read_text())
+    except ValueError as e:
+        raise ValueError(f"{f} is not valid JSON ({e}): the run folder is damaged; train the run again") from None
+    if not isinstance(info, dict) or "recipe" not in info:
+        raise ValueError(f"{f} is not a cmlite run summary (no 'recipe' entry); give a folder made by `cmlite train`")
+    if "shape" not in info:
+        raise FileNotFoundError(f"the run in {run} has not saved weights yet (its {RECIPE_FILE} says: "
+                                f"{info.get('status')!r}); train it (again) first")
     recipe = Recipe.from_dict(info["recipe"])
     C, H, W = info["shape"]
     net = build_net(recipe, C, H, info.get("num_classes", 0))
     model = build(recipe, net, teacher=torch.nn.Identity() if recipe.method == "cd" else None, steps=1)[0]
     if (run / WEIGHTS).is_file():
         from safetensors.torch import load_file
-        state = load_file(str(run / WEIGHTS))
+        try:
+            state = load_file(str(run / WEIGHTS))
+        except Exception as e:  # safetensors raises its own SafetensorError (and OSError) on a damaged file
+            raise ValueError(f"{run / WEIGHTS}: not a readable safetensors file ({type(e).__name__}: {e}); it is "
+                             f"corrupt or truncated: copy it again, or delete it to load {CHECKPOINT}'s EMA weights "
+                             "instead") from None
     elif (run / CHECKPOINT).is_file():
         state = load_checkpoint(run / CHECKPOINT, "cpu")["ema"]
     else:

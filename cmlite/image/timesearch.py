@@ -3,7 +3,8 @@ r"""Multistep sampling times for image models, found by greedy ternary search on
 :func:`search_times` drives :func:`cmlite.sampling.ternary_search_times` with a Fréchet distance
 (:class:`cmlite.image.fid.FIDScorer`: the in-project classifier's features, or Inception's) of uint8
 samples: tau_1 = T, then each further tau_j is chosen by a ternary search over log tau in
-(eps, tau_{j-1}) with the earlier times fixed, every evaluation with the same noise (``seed``). It
+(eps, tau_{j-1}) with the earlier times fixed, every evaluation with the same noise (``seed``); each tau_j
+is the best time the search scored (lowest FID), not the midpoint of its last bracket. It
 returns the times, the FID after each added step (the first is the one-step FID), the trail of every
 evaluation, and -- for comparison -- the FID of two-step sampling at the official CIFAR-10 choice
 tau_2 = 0.585 (index 11 of the N = 18 Karras grid, counting from T = index 0) with the same noise.
@@ -13,7 +14,7 @@ tau_2 = 0.585 (index 11 of the N = 18 Karras grid, counting from T = index 0) wi
     result = search_times(model, info, scorer, n_steps=3, n=5000, iters=8)
     result["times"], result["fid"], result["official"]
 
-Cost: 1 + (2 * iters + 1) * (n_steps - 1) evaluations of ``n`` samples each (35 for 3 steps and 8 iterations).
+Cost: 1 + 2 * iters * (n_steps - 1) evaluations of ``n`` samples each (33 for 3 steps and 8 iterations).
 After ``iters`` iterations each tau is known to within a factor exp(ln(tau_{j-1}/eps) (2/3)^iters / 2)
 (about x1.5 for the second time point after 8 iterations).
 """
@@ -69,14 +70,16 @@ def search_times(model, info: dict, scorer, n_steps: int = 3, n: int = 2000, ite
             ``cmlite eval`` do not, so the default keeps the FIDs comparable with theirs).
 
     Returns ``{'times', 'fid', 'trail', 'official', 'grid_index', 'n', 'iters', 'evaluations', 'seconds'}``:
-    ``fid[k]`` is the FID with the first k + 1 times; ``trail`` lists every evaluation as
+    ``times[k]`` (k >= 1) is the best time the search scored for step k + 1 and ``fid[k]`` its FID, the FID
+    with the first k + 1 times; ``trail`` lists every evaluation as
     ``{'ts', 'fid'}``; ``official`` is ``{'ts': [T, official_tau], 'fid'}`` with the same noise;
     ``grid_index`` the nearest N = 18 grid index of each found time.
     """
     C, H, W = info["shape"]
     if device is None:
         params = getattr(model, "parameters", None)
-        device = next(params()).device if params is not None else "cpu"
+        first = next(params(), None) if params is not None else None
+        device = first.device if first is not None else "cpu"
     device = torch.device(device)
     K = int(info.get("num_classes", 0) or 0)
     if K and class_labels is None:

@@ -19,6 +19,14 @@ embedding, GroupNorm-SiLU-dropout-conv3x3, a 1x1 conv on the skip path when shap
 scaled by 1/sqrt(2). Weights are xavier-uniform; the last conv of each block, the attention output and
 the output conv start at 1e-5 of that (EDM), so a new net outputs ~0 and f_theta starts as c_skip x.
 Any H, W divisible by 2**(levels-1) work (28 -> 14 -> 7 for MNIST with three levels).
+
+Every block is forward-mode differentiable (``torch.func.jvp``, ``torch.autograd.forward_ad``), in eager
+mode and under ``torch.compile``, as continuous-time consistency training needs (the tangent of F_theta
+along (x', t')): while forward-mode AD is active (:func:`forward_ad_active`) GroupNorm computes its
+statistics with plain ops (:func:`group_norm_by_sums`; its channels-last autograd Function also has a
+written-out JVP rule) and attention its explicit softmax formula (:attr:`Attention.math_path`). Dropout's
+tangent uses its primal's mask; under ``torch.func.jvp`` a channels-last tensor's mask is drawn in another
+order than in eager mode, so take the primal output from the same ``jvp`` call as the tangent.
 """
 from __future__ import annotations
 
@@ -128,6 +136,13 @@ def _is_channels_last(x: Tensor) -> bool:
     return x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
+def forward_ad_active() -> bool:
+    """True while forward-mode AD may be computing tangents: inside ``torch.func.jvp`` (which opens a dual
+    level) or a ``torch.autograd.forward_ad.dual_level()`` block. ``torch.compile`` guards on this level, so
+    a compiled graph is specialised on it."""
+    return torch.autograd.forward_ad._current_level >= 0
+
+
 def _per_channel(t: Tensor, c: int) -> Tensor:
     """(N, G) -> (N, C): each group's value repeated for its C/G channels."""
     n, g = t.shape
@@ -141,40 +156,109 @@ def _group_mean(t: Tensor, g: int, k: int) -> Tensor:
     return t.sum(dim=(2, 3)).view(n, g, c // g).sum(-1) / k
 
 
+def _stat_dtype(x: Tensor) -> torch.dtype:
+    """The dtype of GroupNorm's statistics: float32 for bf16, fp16 and float32 inputs, float64 for float64."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def group_norm_by_sums(x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int, eps: float):
+    """GroupNorm written with plain differentiable ops, returning (y, mu, rstd): statistics from per-channel
+    sums of x and x^2 over H, W (mu and E[x^2] - mu^2 per group, in float32, or float64 for float64 inputs),
+    y in the parameters' dtype (the statistics' dtype without parameters). The forward pass of
+    :class:`_ChannelsLastGroupNorm`; called directly, autograd supplies both derivatives."""
+    n, c, h, w = x.shape
+    if c % groups:
+        raise ValueError(f"GroupNorm: {groups} groups do not divide {c} channels")
+    k, xf = (c // groups) * h * w, x.to(_stat_dtype(x))
+    mean = _group_mean(xf, groups, k)
+    rstd = torch.rsqrt((_group_mean(xf.square(), groups, k) - mean.square()).clamp_min(0) + eps)
+    scale = _per_channel(rstd, c) if weight is None else _per_channel(rstd, c) * weight
+    shift = -_per_channel(mean, c) * scale if bias is None else bias - _per_channel(mean, c) * scale
+    y = xf * scale[:, :, None, None] + shift[:, :, None, None]
+    return (y if weight is None else y.to(weight.dtype)), mean, rstd
+
+
 class _ChannelsLastGroupNorm(torch.autograd.Function):
-    """y = (x - mu_g) rstd_g gamma + beta with its gradient written out (every pass in memory order on
-    channels-last tensors, the gradient returned channels-last and in x's dtype):
-    xhat = (x - mu) rstd, dxhat = dy gamma,
-    dx = rstd (dxhat - mean_g(dxhat) - xhat mean_g(dxhat xhat)), dgamma = sum dy xhat, dbeta = sum dy."""
+    r"""y = (x - mu_g) rstd_g gamma + beta with its gradient and its forward-mode derivative written out (every
+    pass in memory order on channels-last tensors, results channels-last, statistics in float32, or float64
+    for float64 inputs). With xhat = (x - mu) rstd, k elements per group and mean_g the mean over a group:
+
+    * d mu = mean_g(dx) and d rstd = -rstd^2 mean_g(xhat dx), so d xhat = P(dx) with the projection
+      P(v) = rstd (v - mean_g(v) - xhat mean_g(xhat v)), which is symmetric;
+    * backward: dx = P(dy gamma), dgamma = sum dy xhat, dbeta = sum dy;
+    * forward mode (``jvp``, for ``torch.func.jvp`` and ``torch.autograd.forward_ad``): with tangents
+      (x', gamma', beta'), y' = P(x') gamma + xhat gamma' + beta'.
+
+    ``apply`` returns (y, mu, rstd). mu and rstd are outputs (the jvp reuses them) with their own derivatives
+    (backward: dx += dmu / k - rstd^2 xhat drstd / k), so that gradients through a tangent, which depends on
+    them, are right too.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, groups: int, eps: float):
-        n, c, h, w = x.shape
-        k, xf = (c // groups) * h * w, x.float()
-        mean = _group_mean(xf, groups, k)
-        rstd = torch.rsqrt((_group_mean(xf.square(), groups, k) - mean.square()).clamp_min(0) + eps)
-        scale = _per_channel(rstd, c) * weight
-        shift = bias - _per_channel(mean, c) * scale
+    def forward(x, weight, bias, groups: int, eps: float):
+        return group_norm_by_sums(x, weight, bias, groups, eps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, _, groups, _ = inputs
+        _, mean, rstd = output
+        ctx.set_materialize_grads(False)     # unused outputs (mu, rstd as a rule) get no gradient pass
         ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.save_for_forward(x, weight, mean, rstd)
         ctx.groups = groups
-        return (xf * scale[:, :, None, None] + shift[:, :, None, None]).to(weight.dtype)
 
     @staticmethod
-    def backward(ctx, dy):
+    def _xhat(x, mean, rstd):
+        """(xhat, rstd per channel), both (N, C, 1 or H, 1 or W), in the statistics' dtype."""
+        c = x.shape[1]
+        r = _per_channel(rstd, c)[:, :, None, None]
+        return (x.to(rstd.dtype) - _per_channel(mean, c)[:, :, None, None]) * r, r
+
+    @staticmethod
+    def _project(v, xhat, r, g: int):
+        """(P(v), mean_g(v), mean_g(v xhat)) with P(v) = rstd (v - mean_g(v) - xhat mean_g(v xhat))."""
+        n, c, h, w = v.shape
+        k = (c // g) * h * w
+        a, b = _group_mean(v, g, k), _group_mean(v * xhat, g, k)
+        pv = (v - _per_channel(a, c)[:, :, None, None] - xhat * _per_channel(b, c)[:, :, None, None]) * r
+        return pv, a, b                                        # full-size operand first: its layout
+
+    @staticmethod
+    def backward(ctx, dy, dmean, drstd):
         x, weight, mean, rstd = ctx.saved_tensors
         n, c, h, w = x.shape
-        g = ctx.groups
-        k = (c // g) * h * w
-        r = _per_channel(rstd, c)[:, :, None, None]
-        xhat = (x.float() - _per_channel(mean, c)[:, :, None, None]) * r
-        dyf = dy.float()
-        dxhat = dyf * weight.float()[:, None, None]
-        a = _per_channel(_group_mean(dxhat, g, k), c)[:, :, None, None]
-        b = _per_channel(_group_mean(dxhat * xhat, g, k), c)[:, :, None, None]
-        dx = ((dxhat - a - xhat * b) * r).to(x.dtype)           # full-size operand first: its layout
-        dweight = (dyf * xhat).sum(dim=(0, 2, 3)).to(weight.dtype)
-        dbias = dyf.sum(dim=(0, 2, 3)).to(weight.dtype)
-        return dx, dweight, dbias, None, None
+        xhat, r = _ChannelsLastGroupNorm._xhat(x, mean, rstd)
+        dx = dweight = dbias = None
+        if dy is not None:
+            dyf = dy.to(rstd.dtype)
+            dx = _ChannelsLastGroupNorm._project(dyf * weight.to(rstd.dtype)[:, None, None], xhat, r, ctx.groups)[0]
+            dweight = (dyf * xhat).sum(dim=(0, 2, 3)).to(weight.dtype)
+            dbias = dyf.sum(dim=(0, 2, 3)).to(weight.dtype)
+        k = (c // ctx.groups) * h * w
+        if drstd is not None:                                  # d rstd / dx = -rstd^2 xhat / k
+            term = xhat * _per_channel(-rstd.square() * drstd.to(rstd.dtype) / k, c)[:, :, None, None]
+            dx = term if dx is None else dx + term
+        if dmean is not None:                                  # d mu / dx = 1 / k
+            term = _per_channel(dmean.to(rstd.dtype) / k, c)[:, :, None, None]
+            dx = torch.zeros_like(xhat) + term if dx is None else dx + term
+        return (None if dx is None else dx.to(x.dtype)), dweight, dbias, None, None
+
+    @staticmethod
+    def jvp(ctx, dx, dweight, dbias, _dgroups, _deps):
+        x, weight, mean, rstd = ctx.saved_tensors
+        xhat, r = _ChannelsLastGroupNorm._xhat(x, mean, rstd)
+        sd = rstd.dtype
+        dy, dmean, drstd = None, torch.zeros_like(mean), torch.zeros_like(rstd)   # a None here fails in torch
+        if dx is not None:
+            dxhat, dmean, b = _ChannelsLastGroupNorm._project(dx.to(sd), xhat, r, ctx.groups)
+            dy, drstd = dxhat * weight.to(sd)[:, None, None], -rstd.square() * b
+        if dweight is not None:
+            term = xhat * dweight.to(sd)[:, None, None]
+            dy = term if dy is None else dy + term
+        if dbias is not None:
+            term = dbias.to(sd)[:, None, None]
+            dy = torch.zeros_like(xhat) + term if dy is None else dy + term
+        return dy.to(weight.dtype), dmean, drstd           # jvp runs only when some input has a tangent
 
 
 class GroupNorm(nn.GroupNorm):
@@ -196,6 +280,15 @@ class GroupNorm(nn.GroupNorm):
     mode (torch's fused kernel is one pass; this is several) and in the training passes (its backward
     pass is tested but has not been timed on a GPU yet). bench/step_bench.py compares the two (``fast``
     against ``fast-library-gn``).
+
+    Forward-mode derivatives (``torch.func.jvp``, ``torch.autograd.forward_ad``): torch's GroupNorm has a
+    forward-mode rule, but in torch 2.13 it fails on channels-last inputs (a view error), and under
+    ``torch.compile`` on any input (a fake-tensor error). So while :func:`forward_ad_active`, this norm runs
+    :func:`group_norm_by_sums` (the channels-last path's formula as plain ops, any layout: autograd gives its
+    tangent, and ``torch.compile`` traces it with autograd on or off), whatever the setting, except that
+    ``"always"`` keeps :class:`_ChannelsLastGroupNorm` and its written-out ``jvp`` rule (exact, and traced
+    by ``torch.compile`` with autograd off; with autograd on, ``torch.compile`` cannot trace a custom jvp
+    and breaks the graph there).
     """
     channels_last_path = "compiled_no_grad"
 
@@ -204,10 +297,13 @@ class GroupNorm(nn.GroupNorm):
         if when not in ("compiled_no_grad", "always", "never"):
             raise ValueError("GroupNorm.channels_last_path must be 'compiled_no_grad', 'always' or 'never'; "
                              f"got {when!r}")
-        use = when == "always" or (when == "compiled_no_grad" and not torch.is_grad_enabled()
+        fwd = forward_ad_active()
+        use = when == "always" or (when == "compiled_no_grad" and not fwd and not torch.is_grad_enabled()
                                    and torch.compiler.is_compiling())
         if use and self.affine and _is_channels_last(x):
-            return _ChannelsLastGroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps)
+            return _ChannelsLastGroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps)[0]
+        if fwd:                               # torch's forward-mode rule fails on channels-last and compiled
+            return group_norm_by_sums(x, self.weight, self.bias, self.num_groups, self.eps)[0]
         return super().forward(x)
 
 
@@ -258,6 +354,15 @@ class Resample(nn.Module):
         return F.conv2d(x, self.filt.to(x.dtype).repeat(c, 1, 1, 1), stride=2, padding=self.pad, groups=c)
 
 
+def attention_math(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    r"""softmax(q k^T / sqrt(d)) v written out with differentiable ops (d = q.shape[-1]; q, k, v of shape
+    (..., L, d)): the attention of ``scaled_dot_product_attention``, with both derivatives (backward and
+    forward mode) from autograd. It materialises the (..., L, L) weights, and under forward-mode AD their
+    tangent too: B x heads x L^2 numbers each (33.5M for CIFAR-10's L = 16 x 16 at batch 512, one head)."""
+    w = torch.softmax(q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5), dim=-1)
+    return w @ v
+
+
 class Attention(nn.Module):
     """Self-attention over the H*W positions: GroupNorm, 1x1 qkv conv, fused softmax(q k^T / sqrt(d)) v
     (``scaled_dot_product_attention``), 1x1 output conv; residual, scaled by 1/sqrt(2).
@@ -268,7 +373,19 @@ class Attention(nn.Module):
     fused attention kernels want, and its gradient reaches its convolution in the same layout. (One 3C-
     channel output split by a reshape gives q, k, v with stride 3, which the attention kernel copies, and
     a gradient assembled by a stack, which the convolution's backward pass copies back to channels-last.)
+
+    Forward-mode derivatives (``torch.func.jvp``, as continuous-time consistency training needs): torch's
+    fused attention kernels (flash and memory-efficient on CUDA, flash on the CPU) have no forward-mode
+    rule and raise. ``Attention.math_path`` (on the class) says when :func:`attention_math` runs instead:
+    ``"forward_ad"`` (default) while :func:`forward_ad_active`, ``"always"`` or ``"never"``. What the math
+    path costs on a GPU: the L x L logits, weights and the weights' tangent in memory (B x heads x L^2
+    each: 33.5M numbers, 134 MB in float32, for CIFAR-10 at batch 512, where this U-Net attends at 16 x 16
+    with one head; a quarter of that at 8 x 8), and unfused matmuls and softmax in place of one kernel.
+    Small at these resolutions. At large L, only a fused attention kernel with its own JVP keeps memory
+    linear in L: the online-softmax tangent of the sCM paper (Lu & Song 2024, appendix F), which its
+    authors wrote as a flash-attention JVP kernel.
     """
+    math_path = "forward_ad"
 
     def __init__(self, channels: int, heads: int = 1):
         super().__init__()
@@ -282,7 +399,13 @@ class Attention(nn.Module):
         y, wt, bias = self.norm(x), self.qkv.weight, self.qkv.bias
         q, k, v = (F.conv2d(y, wt[j::3], bias[j::3]).reshape(b, self.heads, c // self.heads, h * w).transpose(2, 3)
                    for j in range(3))                       # each (b, heads, h*w, c/heads)
-        a = F.scaled_dot_product_attention(q, k, v)
+        when = self.math_path
+        if when not in ("forward_ad", "always", "never"):
+            raise ValueError(f"Attention.math_path must be 'forward_ad', 'always' or 'never'; got {when!r}")
+        if when == "always" or (when == "forward_ad" and forward_ad_active()):
+            a = attention_math(q, k, v)
+        else:
+            a = F.scaled_dot_product_attention(q, k, v)
         a = a.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)   # (b, c, h, w), channels-last
         if not x.is_contiguous(memory_format=torch.channels_last):
             a = a.contiguous()                              # x's layout, for the output conv and the residual
@@ -333,7 +456,8 @@ class NoiseEmbedding(nn.Module):
         self.register_buffer("freqs", w, persistent=kind == "fourier")
 
     def forward(self, c: Tensor) -> Tensor:
-        a = c.to(torch.float32)[:, None] * self.freqs[None]
+        dtype = torch.promote_types(self.freqs.dtype, torch.float32)   # float32 (float64 in a float64 net)
+        a = c.to(dtype)[:, None] * self.freqs.to(dtype)[None]
         return torch.cat([a.sin(), a.cos()], dim=1)
 
 

@@ -1,0 +1,131 @@
+r"""Which device, arithmetic and compilation a run uses: the ``"auto"`` settings of
+:class:`~cmlite.training.TrainConfig`, resolved for the machine at hand.
+
+* ``device="auto"``: CUDA when torch sees a GPU (this rank's under ``torchrun``), else Apple's ``mps``
+  where torch has it, else the CPU.
+* ``precision="auto"``: ``bf16`` autocast on a CUDA card that supports bfloat16 (Ampere and later);
+  ``fp16`` autocast with loss scaling (``torch.amp.GradScaler``) on older cards (a T4, a V100), whose
+  bfloat16 is emulated or absent; ``fp32`` on a CPU and on ``mps``. Master weights stay float32 throughout.
+* ``compile="auto"``: ``torch.compile`` on CUDA only (on a CPU compiling costs minutes and gains little).
+
+:func:`device_rng_state` / :func:`set_device_rng_state` save and restore the random generator of the
+device a run draws from (CUDA or mps), so that a checkpoint resumes exactly there too.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class NoGPUError(ValueError):
+    """A configuration asks for a device that torch does not see."""
+
+
+def mps_available() -> bool:
+    """Whether torch has Apple's Metal backend and it is usable here."""
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """The torch device for ``name``: 'auto' (see the module docstring), 'cpu', 'cuda' (this rank's GPU,
+    ``LOCAL_RANK`` under torchrun), 'cuda:k' or 'mps'. Raises :class:`NoGPUError`, with what to do
+    instead, when the named accelerator is not there."""
+    name = str(name)
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif mps_available():
+            return torch.device("mps")
+        else:
+            return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}: use 'auto', 'cpu', 'cuda', 'cuda:K' or 'mps'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise NoGPUError(f"device {name!r} was asked for but torch sees no CUDA GPU. Leave the device at "
+                             "'auto' (it picks the CPU here: --set train.device=auto) or set it to 'cpu'")
+        if dev.index is None:
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+    if dev.type == "mps" and not mps_available():
+        raise NoGPUError(f"device {name!r} was asked for but torch has no usable mps backend here; "
+                         "use 'auto' or 'cpu'")
+    return dev
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively: CUDA cards of compute capability 8.0 or more
+    (torch's ``is_bf16_supported`` without emulation) and CPUs (autocast runs there in any case)."""
+    if device.type == "cuda":
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # older torch: no emulation argument
+            return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu"
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'fp32', 'bf16' or 'fp16' for ``precision`` on ``device`` ('auto': see the module docstring)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if bf16_supported(device) else "fp16"
+    return "fp32"
+
+
+def resolve_compile(compile: bool | str, device: torch.device) -> bool:
+    """``torch.compile`` or not: True / False as given, 'auto' = on CUDA only."""
+    if compile == "auto":
+        return device.type == "cuda"
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile must be True, False or 'auto'; got {compile!r}")
+    return compile
+
+
+def device_rng_state(device: torch.device) -> torch.Tensor | None:
+    """The state of the default random generator of ``device`` (CUDA, mps), None on a CPU (the CPU's
+    generator is saved on its own)."""
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    if device.type == "mps" and hasattr(torch, "mps") and hasattr(torch.mps, "get_rng_state"):
+        return torch.mps.get_rng_state()
+    return None
+
+
+def set_device_rng_state(device: torch.device, state: torch.Tensor | None) -> bool:
+    """Restore a state from :func:`device_rng_state` (``state`` may have been loaded onto any device);
+    returns whether it was restored."""
+    if state is None:
+        return False
+    state = state.cpu()
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+        return True
+    if device.type == "mps" and hasattr(torch, "mps") and hasattr(torch.mps, "set_rng_state"):
+        torch.mps.set_rng_state(state)
+        return True
+    return False
+
+
+def compile_cache(folder: str | os.PathLike | None = None) -> str:
+    """Keep ``torch.compile``'s caches (Inductor's FX-graph, autograd and kernel caches) in a folder that
+    lasts, so that a later run of the same graphs loads them instead of compiling again: ``folder`` if
+    given, else ``$TORCHINDUCTOR_CACHE_DIR`` if set, else ``~/.cache/cmlite/inductor`` (under
+    ``$XDG_CACHE_HOME`` where set). Sets ``TORCHINDUCTOR_CACHE_DIR`` for this process (Inductor reads
+    it when it compiles) and returns the folder."""
+    if folder is None:
+        folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if folder is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "cmlite", "inductor")
+    folder = os.path.abspath(os.fspath(folder))
+    os.makedirs(folder, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    return folder

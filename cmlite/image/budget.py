@@ -1,0 +1,114 @@
+r"""The wall-clock budget of a training run (``cmlite train --minutes M``).
+
+The budget counts from the start of the process (the command; for a call of
+:func:`cmlite.image.run.train`, from the call): importing torch, loading the data, building and compiling
+the networks and calibrating are all inside it. The step count K (and so the CT / iCT schedule horizon)
+is calibrated from the measured step time by :func:`calibrate`:
+
+1. warm-up steps (compilation, cuDNN autotuning), each waited for, then
+2. timed steps, waited for at the end only (the device runs ahead of the host as it does in training),
+
+each phase at most ``n_max`` steps and at most :data:`CAL_FRACTION` of the budget. The steps are real
+training steps, kept. If the budget runs out during calibration (one step takes longer than what is
+left: a big model on a CPU) training stops after that step, with a message. K then fills what is left
+of the budget, less the estimated time of the final sample grid.
+
+The run ends within the budget plus one training step plus the final writes (checkpoint, weights,
+history: a second or two); the sample grid is drawn only where its estimated time fits in what is left
+(else the run says so and ``cmlite sample`` draws it later).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Callable
+
+CAL_FRACTION = 0.1       # each calibration phase uses at most this share of the budget
+GRID_IMAGES = 64         # the run's final sample grid
+TRAIN_STEP_FORWARDS = 3  # a training step costs at least ~3 forward passes per image (forward + backward)
+
+_IMPORTED_AT = time.monotonic()
+
+
+def seconds_since_process_start() -> float:
+    """How long this process has run: from the kernel's start time on Linux, else since cmlite's image
+    package was imported (which misses the interpreter's and torch's start-up)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])   # field 22: starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED_AT
+
+
+class Budget:
+    """``minutes`` of wall clock from ``start`` (a reading of ``clock``); None = no budget."""
+
+    def __init__(self, minutes: float | None, start: float, clock: Callable[[], float] = time.monotonic):
+        self.minutes, self.start, self.clock = minutes, start, clock
+        self.total = None if minutes is None else minutes * 60.0
+        self.deadline = None if minutes is None else start + self.total
+
+    def used(self) -> float:
+        """Seconds since the start."""
+        return self.clock() - self.start
+
+    def left(self) -> float | None:
+        """Seconds to the deadline (negative past it), None without a budget."""
+        return None if self.deadline is None else self.deadline - self.clock()
+
+
+def grid_seconds(seconds_per_step: float, batch_size: int, nfe: int, images: int = GRID_IMAGES) -> float:
+    """Estimated time of sampling ``images`` images with ``nfe`` network evaluations each, from the time of
+    a training step of ``batch_size`` images (a step costs at least :data:`TRAIN_STEP_FORWARDS` forward
+    passes per image, so this overestimates)."""
+    return seconds_per_step * nfe * images / (TRAIN_STEP_FORWARDS * batch_size)
+
+
+def calibrate(trainer, budget: Budget, n_max: int, sync: Callable[[], None] = lambda: None,
+              agree: Callable[..., list] = lambda *flags: list(flags),
+              on_step: Callable[[float], None] = lambda now: None) -> float | None:
+    """Run warm-up then timed steps of ``trainer`` (see the module docstring); return the seconds per step
+    of the timed ones, or None when the budget ran out (training stops there: the steps done are kept).
+
+    ``sync`` waits for the device; ``agree(out_of_time, phase_done)`` makes every data-parallel rank take
+    the same decisions (rank 0's); ``on_step(now)`` is called after each step with the clock's reading."""
+    clock = budget.clock
+    per_step = None
+    for phase in ("warm-up", "timing"):
+        t_phase, n = clock(), 0
+        while True:
+            trainer.train_step()
+            n += 1
+            if phase == "warm-up":  # wait for this step: compilation and autotuning are in it
+                trainer.flush()
+                sync()
+            now = clock()
+            on_step(now)
+            out_of_time, done = agree(now >= budget.deadline,
+                                      n >= n_max or now - t_phase >= CAL_FRACTION * budget.total)
+            if out_of_time:
+                trainer.flush()
+                sync()
+                return None
+            if done:
+                break
+        if phase == "timing":
+            trainer.flush()
+            sync()
+            per_step = (clock() - t_phase) / n
+    return per_step
+
+
+class Say:
+    """Progress lines on stderr (rank 0 only; ``quiet`` keeps only warnings)."""
+
+    def __init__(self, enabled: bool, quiet: bool = False, name: str = "cmlite train"):
+        self.enabled, self.quiet, self.name = enabled, quiet, name
+
+    def __call__(self, msg: str, warning: bool = False) -> None:
+        if self.enabled and (warning or not self.quiet):
+            print(f"{self.name}: {msg}", file=sys.stderr, flush=True)

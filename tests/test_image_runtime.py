@@ -1,0 +1,260 @@
+"""The image half's run time: the --minutes budget bounds the whole run (with a fake clock: nothing here
+depends on how fast the machine is), step-count inputs, precision and device 'auto', fp16 loss scaling
+(trained, resumed exactly, skipped steps counted and reported), the mps generator, thread settings and the
+compile cache."""
+import json
+import math
+import warnings
+
+import pytest
+import torch
+
+import cmlite as cm
+import cmlite.devices as devices
+import cmlite.image.run as run_mod
+from cmlite.cli import main
+from cmlite.image.budget import CAL_FRACTION, grid_seconds
+from cmlite.image.recipes import get_recipe
+from cmlite.image.run import train
+from cmlite.threads import ENV_VAR
+from cmlite.training import MAX_SKIPPED_IN_A_ROW, Trainer, TrainConfig
+
+
+class StepClock:
+    """A fake clock: each training step takes ``step_s`` seconds, loading the data ``data_s``, drawing the
+    final sample grid what budget.grid_seconds says (the run's own estimate, so that it is tested too)."""
+
+    def __init__(self, monkeypatch, step_s: float, data_s: float = 0.0):
+        self.t, self.step_s = 0.0, step_s
+        orig_step, orig_load, orig_sample = Trainer.train_step, run_mod.load_train_test, run_mod.sample_images
+
+        def step(tr):
+            rec = orig_step(tr)
+            self.t += step_s
+            return rec
+
+        def load(*a, **k):
+            self.t += data_s
+            return orig_load(*a, **k)
+
+        def sample(model, info, n, steps=1, **k):
+            b = info["recipe"]["train"]["batch_size"]
+            nfe = 2 * (steps - 1) if info["recipe"]["method"] == "teacher" else steps
+            self.t += grid_seconds(step_s, b, nfe, n)
+            return orig_sample(model, info, n, steps=steps, **k)
+        monkeypatch.setattr(Trainer, "train_step", step)
+        monkeypatch.setattr(run_mod, "load_train_test", load)
+        monkeypatch.setattr(run_mod, "sample_images", sample)
+
+    def __call__(self) -> float:
+        return self.t
+
+
+# ------------------------------------------------------------------ the time budget
+@pytest.mark.parametrize("minutes, data_s, cal_steps, grid", [(2.0, 20.0, 10, True), (1.0, 5.0, 6, False)])
+def test_budget_bounds_the_whole_run_with_calibration_and_data_loading(minutes, data_s, cal_steps, grid, tmp_path,
+                                                                       monkeypatch, capsys):
+    # Data loading takes data_s and each step 2.5 s (fake): the run must end, files written, within the
+    # budget plus one step. (The old calibration ran 5 + 5 steps whatever the budget, on top of the
+    # loading, and a K computed before them.) Calibration: each phase at most 5 steps (CPU) and
+    # CAL_FRACTION of the budget: 2 min -> 5 + 5 steps; 1 min -> 6 s a phase, 3 + 3 steps. The teacher's
+    # sample grid (34 evaluations x 64 images = 22.7 steps of batch 32) is drawn only where it fits.
+    assert CAL_FRACTION * 60 * minutes / 2.5 == pytest.approx({2.0: 4.8, 1.0: 2.4}[minutes])
+    clock = StepClock(monkeypatch, step_s=2.5, data_s=data_s)
+    s = train(get_recipe("tiny-teacher"), tmp_path / "run", minutes=minutes, clock=clock)
+    budget = 60 * minutes
+    assert s["wall_seconds"] == clock.t
+    assert clock.t <= budget + 2.5, f"the run took {clock.t} fake seconds of a {budget}-second budget"
+    assert s["calibrated_seconds_per_step"] == pytest.approx(2.5) and s["calibration_steps"] == cal_steps
+    assert s["steps"] == s["K"] and s["startup_s"] == pytest.approx(data_s + 2.5)
+    assert (tmp_path / "run" / "samples.png").is_file() == grid
+    if grid:   # the budget was used: less than a step and the grid's rounding left over
+        assert clock.t >= budget - 2.5
+    err = capsys.readouterr().err
+    for line in ("loading the data", "training images", "calibrating the step count", "first training step done",
+                 "s per step: K ="):
+        assert line in err, err
+    assert ("samples.png not drawn" in err) != grid
+
+
+def test_a_step_longer_than_the_budget_stops_after_it_with_a_message(tmp_path, monkeypatch, capsys):
+    clock = StepClock(monkeypatch, step_s=100.0)
+    s = train(get_recipe("tiny-ct"), tmp_path / "run", minutes=1.0, clock=clock, progress=False)
+    assert s["steps"] == s["K"] == 1 and s["calibrated_seconds_per_step"] is None
+    assert clock.t <= 60 + 100   # one step over, at most
+    err = capsys.readouterr().err   # a warning: shown although progress=False
+    assert "budget ran out after 1 training steps" in err and "--minutes" in err
+    info = json.loads((tmp_path / "run" / "recipe.json").read_text())
+    assert info["status"] == "done" and (tmp_path / "run" / "checkpoint.pt").is_file()
+    assert not (tmp_path / "run" / "samples.png").exists() and "samples.png not drawn" in err
+
+
+def test_minutes_and_steps_must_be_positive(tmp_path, capsys):
+    for argv in (["--minutes", "0"], ["--minutes", "-1"], ["--minutes", "nan"], ["--steps", "0"], ["--steps", "-3"]):
+        with pytest.raises(SystemExit) as e:
+            main(["train", "tiny-ct", "--out", str(tmp_path / "r"), *argv])
+        assert e.value.code == 2
+        assert "expected a positive" in capsys.readouterr().err
+    for kw in ({"minutes": 0}, {"minutes": -2.0}, {"steps": 0}, {"steps": -3}):
+        with pytest.raises(ValueError, match="positive"):
+            train(get_recipe("tiny-ct"), tmp_path / "r", progress=False, **kw)
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_to_a_step_already_passed_keeps_the_run(tmp_path):
+    train(get_recipe("tiny-ct"), tmp_path / "run", steps=4, progress=False)
+    before = (tmp_path / "run" / "recipe.json").read_text()
+    for steps in (2, 4, None):   # None: to its K = 4, where it already is
+        with pytest.raises(ValueError, match="already at step 4"):
+            train(get_recipe("tiny-ct"), tmp_path / "run", steps=steps, resume=True, progress=False)
+    assert (tmp_path / "run" / "recipe.json").read_text() == before
+    s = train(get_recipe("tiny-ct"), tmp_path / "run", steps=6, resume=True, progress=False)
+    assert s["steps"] == 6 and s["images_per_second"] > 0
+
+
+# ------------------------------------------------------------------ device, precision, compile 'auto'
+def test_auto_resolution_on_this_cpu_and_on_mocked_cards(monkeypatch):
+    cpu = torch.device("cpu")
+    if not torch.cuda.is_available() and not devices.mps_available():
+        assert devices.resolve_device("auto") == cpu
+    assert devices.resolve_precision("auto", cpu) == "fp32" and devices.resolve_compile("auto", cpu) is False
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert devices.resolve_device("auto") == cuda
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)   # a T4
+    assert devices.resolve_precision("auto", cuda) == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)    # an A100
+    assert devices.resolve_precision("auto", cuda) == "bf16"
+    assert devices.resolve_compile("auto", cuda) is True
+    assert devices.resolve_precision("fp32", cuda) == "fp32"          # an explicit choice stays
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(devices, "mps_available", lambda: True)      # a Mac
+    assert devices.resolve_device("auto") == torch.device("mps")
+    assert devices.resolve_precision("auto", torch.device("mps")) == "fp32"
+
+
+def test_gpu_recipes_default_to_auto_and_forcing_cuda_without_a_gpu_says_what_to_do(tmp_path):
+    for name in ("mnist-teacher", "cifar10-ct"):
+        t = get_recipe(name).train
+        assert (t.device, t.precision, t.compile) == ("auto", "auto", "auto")
+    cfg = TrainConfig(device="auto", precision="auto", compile="auto", steps=1, batch_size=8)
+    tr = Trainer(cm.ConsistencyModel(cm.MLP(2, 16, 1)), cm.ConsistencyTrainingLoss(), cm.ring_mixture(), cfg,
+                 cm.CTSchedule(K=1))
+    if not torch.cuda.is_available() and not devices.mps_available():
+        assert (cfg.device, cfg.precision, cfg.compile) == ("cpu", "fp32", False) and tr.scaler is None
+    if not torch.cuda.is_available():
+        r = get_recipe("tiny-ct").with_overrides(["train.device='cuda'"])
+        with pytest.raises(devices.NoGPUError, match="auto"):
+            train(r, tmp_path / "run", steps=1, progress=False)
+
+
+def _toy(precision="fp16", steps=10, seed=0, inf_at=()):
+    """A small CT run on 2D data; its gradients are made inf at the steps in ``inf_at`` (a planted overflow)."""
+    torch.manual_seed(seed)
+    model = cm.ConsistencyModel(cm.MLP(2, 32, 2))
+    cfg = TrainConfig(steps=steps, batch_size=32, lr=1e-3, seed=seed, precision=precision, log_every=1)
+    tr = Trainer(model, cm.ConsistencyTrainingLoss(), cm.ring_mixture(), cfg, cm.CTSchedule(K=steps))
+    p = next(tr.model.parameters())
+    p.register_hook(lambda g: g * float("inf") if tr.step in inf_at or "all" in inf_at else g)
+    return tr
+
+
+def test_fp16_loss_scaling_trains_counts_skips_and_resumes_exactly(tmp_path):
+    # fp16 autocast + GradScaler on the CPU (the path a T4 takes). Step 3's gradients overflow: that step
+    # is skipped (weights kept, scale halved), counted in the history, and the resumed run must continue
+    # with the halved scale and the count: weights, EMA, scale and history equal bitwise.
+    full = _toy(inf_at=(3,))
+    start = [q.detach().clone() for q in full.model.parameters()]
+    full.fit(progress=False)
+    assert full.scaler is not None and full.skipped_steps == 1
+    assert full.history["skipped"] == [0, 0, 0, 1, 1, 1, 1, 1, 1, 1]
+    assert full.scaler.get_scale() == 2.0 ** 15
+    assert any(not torch.equal(a, b) for a, b in zip(start, full.model.parameters()))   # it trained
+    half = _toy(inf_at=(3,))
+    for _ in half.steps(5):
+        pass
+    half.save(tmp_path / "c.pt")
+    resumed = _toy(inf_at=(3,), seed=1)
+    resumed.load(tmp_path / "c.pt", strict_config=False)   # seed differs: everything must come from the file
+    resumed.fit(progress=False)
+    for a, b in zip(full.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(full.ema.parameters(), resumed.ema.parameters()):
+        assert torch.equal(a, b)
+    assert resumed.scaler.get_scale() == full.scaler.get_scale() and resumed.skipped_steps == 1
+    assert resumed.history == full.history
+
+
+def test_a_run_whose_every_step_is_skipped_says_so():
+    short = _toy(steps=4, inf_at=("all",))
+    with pytest.warns(RuntimeWarning, match="skipped all 4 steps"):
+        short.fit(progress=False)
+    long = _toy(steps=MAX_SKIPPED_IN_A_ROW + 5, inf_at=("all",))
+    with pytest.raises(FloatingPointError, match=f"skipped every one of the last {MAX_SKIPPED_IN_A_ROW} steps"):
+        long.fit(progress=False)
+    assert long.step == MAX_SKIPPED_IN_A_ROW
+    ok = _toy(steps=4, inf_at=(0,))   # one skipped step of four: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ok.fit(progress=False)
+
+
+def test_fp16_image_run_reports_its_skipped_steps(tmp_path):
+    # the U-Net in fp16 on the CPU; GradScaler starts at 2^16, so early steps may overflow and be skipped:
+    # whatever their number, the summary and the history (cumulative, one entry a step here) agree
+    s = train(get_recipe("tiny-ct").with_overrides(["train.precision='fp16'", "train.batch_size=8",
+                                                    "train.log_every=1"]), tmp_path / "run", steps=3, progress=False)
+    skipped = json.loads((tmp_path / "run" / "history.json").read_text())["skipped"]
+    assert s["recipe"]["train"]["precision"] == "fp16" and len(skipped) == 3
+    assert skipped == sorted(skipped) and skipped[-1] == s["skipped_steps"] <= 3
+
+
+def test_the_mps_generator_is_saved_and_restored(monkeypatch):
+    state = torch.arange(8, dtype=torch.uint8)
+    seen = {}
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda: state.clone(), raising=False)
+    monkeypatch.setattr(torch.mps, "set_rng_state", lambda s: seen.update(s=s), raising=False)
+    mps = torch.device("mps")
+    assert torch.equal(devices.device_rng_state(mps), state)
+    assert devices.set_device_rng_state(mps, state) and torch.equal(seen["s"], state)
+    assert devices.device_rng_state(torch.device("cpu")) is None
+
+
+# ------------------------------------------------------------------ threads and the compile cache
+def test_image_commands_take_threads_from_the_option_or_the_environment(monkeypatch, tmp_path):
+    import cmlite.threads as threads
+    seen = []
+    monkeypatch.setattr(run_mod, "train", lambda *a, **k: seen.append(torch.get_num_threads()) or {
+        "device": "cpu", "steps": 0, "images_per_second": 0.0})
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv(ENV_VAR, raising=False)
+        assert main(["train", "tiny-ct", "--steps", "1", "--out", str(tmp_path / "a"), "--threads", "3"]) == 0
+        monkeypatch.setenv(ENV_VAR, "2")
+        assert main(["train", "tiny-ct", "--steps", "1", "--out", str(tmp_path / "b")]) == 0
+        monkeypatch.delenv(ENV_VAR)
+        torch.set_num_threads(5)
+        assert main(["train", "tiny-ct", "--steps", "1", "--out", str(tmp_path / "c")]) == 0
+        assert seen == [3, 2, threads.IMAGE_THREADS or 5]
+        monkeypatch.setenv(ENV_VAR, "two")
+        assert main(["train", "tiny-ct", "--steps", "1", "--out", str(tmp_path / "d")]) == 2
+    finally:
+        torch.set_num_threads(before)
+    for cmd in (["sample", "x"], ["eval", "x"], ["edit", "x", "denoise"]):
+        with pytest.raises(SystemExit):
+            main([*cmd, "--threads", "0"])
+
+
+def test_compile_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert devices.compile_cache() == str(tmp_path / "xdg" / "cmlite" / "inductor")
+    import os
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "xdg" / "cmlite" / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))   # a set variable wins
+    assert devices.compile_cache() == str(tmp_path / "mine") and (tmp_path / "mine").is_dir()
+    assert devices.compile_cache(tmp_path / "given") == str(tmp_path / "given")   # --cache-dir wins
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+    assert cache_dir() == str(tmp_path / "given")   # where Inductor will write
