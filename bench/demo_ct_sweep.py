@@ -1,9 +1,10 @@
 """Can one-step consistency *training* separate the modes of the demo's ring within the demo's budget?
 
-Issue 9, item 4: one-step CT in `cmlite demo` fills a disc. This sweep tries the improved-CT recipe piece
-by piece (the iCT N curriculum, lognormal indices, lambda = 1/dt, pseudo-Huber, dropout) and longer or wider
-training, on the demo's data (ring of 8 Gaussians, radius 1, std 0.1) and evaluation (4000 samples, the
-same x_T for every configuration), and prints one JSON line per (configuration, seed):
+One-step CT with Algorithm 3's schedules (`cmlite demo --ct ct`) fills a disc. This sweep tries the
+improved-CT recipe piece by piece (the iCT N curriculum, lognormal indices, lambda = 1/dt, pseudo-Huber,
+dropout) and longer or wider training, on the demo's data (ring of 8 Gaussians, radius 1, std 0.1) and
+evaluation (4000 samples, the same x_T for every configuration), and prints one JSON line per (configuration,
+seed):
 
     python bench/demo_ct_sweep.py --list                 # the configurations
     python bench/demo_ct_sweep.py demo ict ict_s80       # run some (one torch thread each)
@@ -12,7 +13,7 @@ same x_T for every configuration), and prints one JSON line per (configuration, 
 Columns: train_s (training wall time; compare with the 'demo' row run on the same machine), and for one
 and two steps (tau = 0.585): sliced W2, MMD^2, mean log p_data of the samples and the off-mode fraction
 (share of samples further than 3 std from every mode; data: 1.1%), and mode_tv, the total variation between
-the share of samples nearest to each mode and the mixture weights (data at n = 4000: about 0.02). Results are in the README (CT section).
+the share of samples nearest to each mode and the mixture weights (data at n = 4000: about 0.02). Results are in docs/demo.md.
 """
 from __future__ import annotations
 

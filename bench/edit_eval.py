@@ -292,7 +292,7 @@ def evaluate_dataset(ds: str, runs: Path, args, device) -> dict:
         log(f"[{ds}] classifier: test accuracy {clf_info.get('test_accuracy')} ({tm.seconds:.1f} s)")
         feat = classifier_features(clf)
         scorers["classifier"] = FIDScorer(feat, ev.images[t_idx], device, batch_size=1000)
-        if args.inception != "no":
+        if args.inception == "yes" or (args.inception == "auto" and device.type == "cuda"):
             try:
                 from cmlite.image.fid import InceptionFeatures
                 scorers["inception"] = FIDScorer(InceptionFeatures(device=device), ev.images[t_idx], device,
@@ -428,7 +428,7 @@ def main(argv=None) -> int:
     ap.add_argument("--search-iters", type=int, default=6, dest="search_iters",
                     help="ternary-search iterations per added time (default: %(default)s)")
     ap.add_argument("--inception", choices=["auto", "yes", "no"], default="auto",
-                    help="Inception FID for colorization / stroke (auto: when installed)")
+                    help="Inception FID for colorization / stroke (auto: on a GPU, when installed)")
     ap.add_argument("--columns", type=int, default=8, help="images per row in the figures (default: %(default)s)")
     ap.add_argument("--batch", type=int, default=1000, help="images per network batch (default: %(default)s)")
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="autocast on CUDA")

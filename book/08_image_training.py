@@ -38,6 +38,7 @@
 # %%
 import json
 import os
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -83,21 +84,23 @@ def show(images, title, nrow=8, ax=None):
 # (disc, square, bar, cross) at $16 \times 16$, small enough to learn in a few minutes. `GPUBatches` keeps the
 # whole set on the device as uint8 and draws each batch there (no data loader, no host copies).
 #
-# **Pretrained weights.** `PRETRAINED` below names a folder for a teacher and a CD model trained elsewhere:
-# two run folders, `teacher/` and `cd/`, as `cmlite train` writes them (`recipe.json` and `ema.safetensors`).
-# When both are there and their data set can be loaded, a CPU run loads them instead of training the tiny
-# model, and every later cell uses them. Otherwise the chapter trains as described.
+# **Pretrained weights.** The repository's `pretrained/` folder holds an MNIST teacher and a CD model trained on
+# a GPU (`mnist-teacher/`, `mnist-cd/`: run folders as `cmlite train` writes them, with fp16 weights; its README
+# says how good they are). On a CPU the chapter loads them instead of training the tiny model when the MNIST
+# files are at hand too (`load_dataset("mnist")`: `$CMLITE_DATA`, `./data` or `~/.cache/cmlite`), and every
+# later cell uses them. Otherwise it trains the tiny model as described.
 
 # %%
-PRETRAINED = REPO / "pretrained" / "mnist"   # teacher/ and cd/ run folders; used on a CPU when present
+PRETRAINED = REPO / "pretrained"             # mnist-teacher/ and mnist-cd/ run folders; used on a CPU when present
 pretrained = None
-if not GPU and all((PRETRAINED / r / "ema.safetensors").is_file() for r in ("teacher", "cd")):
-    teacher_run, teacher_info = load_run(PRETRAINED / "teacher")
+if not GPU and all((PRETRAINED / r / "ema.safetensors").is_file() for r in ("mnist-teacher", "mnist-cd")):
+    teacher_run, teacher_info = load_run(PRETRAINED / "mnist-teacher")
     try:
         real, held_out = load_train_test(Recipe.from_dict(teacher_info["recipe"]))
-        pretrained = {"teacher": teacher_run, "cd": load_run(PRETRAINED / "cd")[0]}
+        pretrained = {"teacher": teacher_run, "cd": load_run(PRETRAINED / "mnist-cd")[0]}
     except FileNotFoundError as e:
-        print(f"{PRETRAINED} holds pretrained runs, but not their data set ({e}); training the tiny model instead")
+        print(f"pretrained MNIST models in {PRETRAINED}, but no MNIST files here ({str(e).splitlines()[0]}); "
+              "training the tiny model instead")
 if GPU:
     real, held_out = load_dataset("mnist"), load_dataset("mnist", split="test")
     net_cfg = unet_config("mnist")
@@ -135,7 +138,7 @@ fast_cfg = dict(device=str(device), precision="bf16" if GPU else "fp32", channel
 GRID_N = 10 if FAST else 18                          # Heun grid points of the live grid: 2(N - 1) evaluations
 if pretrained:
     teacher_ema, teacher_history = pretrained["teacher"], None
-    print(f"teacher: loaded from {PRETRAINED / 'teacher'}")
+    print(f"teacher: loaded from {PRETRAINED / 'mnist-teacher'}")
 else:
     teacher = Trainer(EDMDenoiser(UNet(net_cfg)), DenoisingScoreMatchingLoss(), GPUBatches(data, BATCH, device),
                       TrainConfig(steps=TEACHER_STEPS, batch_size=BATCH, lr=2e-3 if not GPU else 1e-3,
@@ -169,7 +172,7 @@ else:
 # %%
 if pretrained:
     cd_ema, cd_history = pretrained["cd"], None
-    print(f"CD model: loaded from {PRETRAINED / 'cd'}")
+    print(f"CD model: loaded from {PRETRAINED / 'mnist-cd'}")
 else:
     net = UNet(replace(net_cfg, **CD_STUDENT))        # the student: the teacher's network without dropout
     net.load_state_dict(teacher_ema.net.state_dict())
@@ -262,8 +265,9 @@ for name, x in results.items():
 # %% [markdown]
 # ## What a few minutes on an H100 gave
 #
-# The runs behind `docs/image-results.md` left their `eval.json` files in the checkout's `docs/results/`, one
-# folder per group of runs (`gpu-2026-11-26`, then `…b` and `…c`, in the order they were made). Each holds, for
+# The GPU runs behind `docs/image-results.md` left their `eval.json` files in the checkout's `docs/results/`,
+# one folder per group of runs, named by date (`gpu-2026-11-26`, then `…b` and `…c`, then `2026-12-05-h200`).
+# Each holds, for
 # 10,000 samples, the Fréchet distance to the training set in two feature spaces (Inception-v3 and
 # cmlite's own classifier) and the *floor*: the same distance for real images the model never saw. The
 # plot puts each teacher's FID against its number of network evaluations (Heun on 2 … 18 grid points)
@@ -274,11 +278,20 @@ for name, x in results.items():
 # %%
 RESULTS = REPO / "docs" / "results"   # beside the cmlite package in a checkout (not in an installed wheel)
 runs = {}
-for f in sorted(RESULTS.glob("gpu-*/*/eval.json")):
+for f in sorted(RESULTS.glob("*/*/eval.json")):
     e = json.loads(f.read_text())
-    e["folder"] = f.parent.parent.name
-    runs[f"{e['recipe']}, {e['folder']}"] = e
-folders = sorted({e["folder"] for e in runs.values()})
+    if isinstance(e, dict) and "rows" in e:           # one run's `cmlite eval` (not a bench's list of runs)
+        e["folder"] = f.parent.parent.name
+        runs[f"{e['recipe']}, {e['folder']}"] = e
+
+
+def folder_date(name: str) -> str:
+    """The date in a results folder's name: the folders sort by it (then by name)."""
+    m = re.search(r"\d{4}-\d{2}-\d{2}", name)
+    return m.group() if m else ""
+
+
+folders = sorted({e["folder"] for e in runs.values()}, key=lambda name: (folder_date(name), name))
 MARKER = {"teacher": "o-", "cd": "s--", "ict": "^--", "ct": "v--"}  # colour: the results folder; marker: the method
 if not runs:
     print(f"no stored GPU results in {RESULTS}: this cell reads docs/results/gpu-*/*/eval.json of a checkout of "

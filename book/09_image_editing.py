@@ -28,10 +28,16 @@
 #   `cifar10-cd`, `cifar10-teacher`, as made by `cmlite train`; a GPU is used when there is one), measured on
 #   held-out images (the MNIST test split; for CIFAR-10, whose test split is not available here, the 10k
 #   training images that the image recipes hold out of training, `cmlite.image.data.hold_out_floor`);
+# * otherwise, on a CPU, the pretrained MNIST teacher and CD model in the repository's `pretrained/` folder
+#   (fp16 weights of GPU runs; its README says how good they are), when the MNIST files are at hand
+#   (`load_dataset("mnist")`: `$CMLITE_DATA`, `./data` or `~/.cache/cmlite`);
 # * otherwise a tiny U-Net trained here, on the CPU, on the project's synthetic colour shapes: a teacher
-#   (EDM denoising score matching), then a consistency model distilled from it (CD, Algorithm 2).
-#   `CMLITE_FAST=1` (the test suite) trains it for about half a minute, which is enough to run every cell
-#   but gives blurry blobs rather than shapes; without it, training takes a few minutes.
+#   (EDM denoising score matching), then a consistency model distilled from it (CD, Algorithm 2, with the CD
+#   recipes' target EMA $\mu = 0.95$ of chapter 8). `CMLITE_FAST=1` (the test suite) trains them for about a
+#   minute of one core (300 teacher steps, 150 distillation steps). That is enough to run every cell, not to
+#   learn the shapes: the one-step samples are coloured blobs, and the edits keep the known part exactly but
+#   fill the rest with blurred blobs of roughly the right colour, flecked with coloured noise. Without
+#   `CMLITE_FAST` the tiny models train 5 and 4 times longer (1500 and 600 steps).
 #
 # The pictures are the point: every figure shows, per column one image, the **observed input** (what the
 # edit gets), the consistency model's result, the teacher's ODE-based result, a naive baseline, and the
@@ -39,6 +45,7 @@
 
 # %%
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -46,9 +53,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
+import cmlite
 from cmlite.image import edit as E
 from cmlite.image.data import synthetic_dataset
-from cmlite.image.recipes import Recipe, get_recipe
+from cmlite.image.recipes import CD_MU, Recipe, get_recipe
 from cmlite.image.run import load_run, load_train_test, sample_images, train
 from cmlite.image.timesearch import OFFICIAL_CIFAR10_TAU, search_times
 from cmlite.image.plots import image_rows, search_trails
@@ -56,19 +64,23 @@ from cmlite.threads import set_small_model_threads
 
 FAST = os.environ.get("CMLITE_FAST") == "1"
 RUNS = os.environ.get("CMLITE_RUNS")
+REPO = Path(cmlite.__file__).resolve().parents[1]     # the checkout: pretrained/ and docs/results/
+PRETRAINED = REPO / "pretrained"                       # mnist-teacher/ and mnist-cd/ run folders, used on a CPU
 OUT = Path(os.environ.get("CMLITE_BOOK_OUT") or tempfile.mkdtemp(prefix="cmlite_ch9_"))
 DEVICE = torch.device("cuda" if RUNS and torch.cuda.is_available() else "cpu")
 if DEVICE.type == "cpu":
-    set_small_model_threads()  # tiny U-Nets: one torch thread (CMLITE_THREADS overrides; see cmlite.threads)
+    set_small_model_threads()  # small U-Nets: one torch thread (CMLITE_THREADS overrides; see cmlite.threads)
 torch.manual_seed(0)
+BIG = DEVICE.type == "cuda"                            # the measurement sizes of a GPU; a CPU gets small ones
 COLS = 8                                               # images per figure row
-N_METRIC = 1000 if RUNS else (16 if FAST else 128)     # images behind every number
-N_TEACHER = 200 if RUNS else (8 if FAST else 32)       # images the (expensive) teacher-ODE baseline edits
-BASELINE_N = 18 if RUNS else (6 if FAST else 12)       # grid points of each teacher ODE solve
-N_SEARCH = 2000 if RUNS else (64 if FAST else 512)     # samples per FID evaluation of the time search
-ITERS = 6 if RUNS else (2 if FAST else 5)              # ternary-search iterations per time point
-print(f"fast mode: {FAST}; runs: {RUNS or 'a tiny model trained here'}; device {DEVICE}; "
-      f"{N_METRIC} images per number, teacher baseline on {N_TEACHER} (N = {BASELINE_N} per call)")
+N_METRIC = 1000 if BIG else (16 if FAST else 128)      # images behind every number
+N_TEACHER = 200 if BIG else (8 if FAST else 32)        # images the (expensive) teacher-ODE baseline edits
+BASELINE_N = 18 if BIG else (6 if FAST else 12)        # grid points of each teacher ODE solve
+N_SEARCH = 2000 if BIG else (64 if FAST else 512)      # samples per FID evaluation of the time search
+ITERS = 6 if BIG else (2 if FAST else 5)               # ternary-search iterations per time point
+CLF_STEPS = None if BIG else (100 if FAST else 500)    # training steps of a real data set's classifier (None: 2000+)
+print(f"fast mode: {FAST}; device {DEVICE}; {N_METRIC} images per number, teacher baseline on {N_TEACHER} "
+      f"(N = {BASELINE_N} per call)")
 
 # %% [markdown]
 # ## 1. The models and the held-out images
@@ -82,15 +94,15 @@ def tiny_world() -> dict:
     """Train (once) a tiny teacher and a CD model on 3-channel synthetic shapes, here on the CPU."""
     root = OUT / "runs"
     over = ["net_overrides.in_channels=3"]
-    steps_teacher, steps_cd = (150, 60) if FAST else (1500, 600)
+    steps_teacher, steps_cd = (300, 150) if FAST else (1500, 600)
     t0 = time.monotonic()
     if not (root / "shapes-teacher" / "ema.safetensors").is_file():
         train(get_recipe("tiny-teacher").with_overrides(over), root / "shapes-teacher", steps=steps_teacher,
               progress=False)
-    if not (root / "shapes-cd" / "ema.safetensors").is_file():
-        train(get_recipe("tiny-cd").with_overrides(over), root / "shapes-cd", steps=steps_cd,
+    if not (root / "shapes-cd" / "ema.safetensors").is_file():   # target EMA mu = 0.95, as the CD recipes
+        train(get_recipe("tiny-cd").with_overrides(over + [f"mu={CD_MU}"]), root / "shapes-cd", steps=steps_cd,
               teacher=root / "shapes-teacher", progress=False)
-    print(f"tiny teacher ({steps_teacher} steps) and CD model ({steps_cd} steps) trained in "
+    print(f"tiny teacher ({steps_teacher} steps) and CD model ({steps_cd} steps, mu = {CD_MU}) trained in "
           f"{time.monotonic() - t0:.0f} s")
     from cmlite.image.classifier import train_classifier
     train_set = synthetic_dataset(2048, channels=3, resolution=16, num_classes=4, seed=0)
@@ -103,16 +115,16 @@ def tiny_world() -> dict:
             "note": "synthetic shapes that the models never saw (another seed)"}
 
 
-def real_world(ds: str) -> dict | None:
-    """The runs RUNS/<ds>-cd and RUNS/<ds>-teacher, with held-out images and the cached classifier."""
-    runs = Path(RUNS)
+def real_world(ds: str, runs: Path, cache: Path) -> dict | None:
+    """The runs <runs>/<ds>-cd and <runs>/<ds>-teacher, with held-out images and the data set's classifier
+    (trained once, kept in ``cache``). FileNotFoundError when the data set's files are not here."""
     if not all((runs / f"{ds}-{m}" / "recipe.json").is_file() for m in ("cd", "teacher")):
         return None
     from cmlite.image.evaluate import get_classifier
     cm, info = load_run(runs / f"{ds}-cd", DEVICE)
     recipe = Recipe.from_dict(info["recipe"])
     train_set, test = load_train_test(recipe)
-    clf, _ = get_classifier(recipe, train_set, test, runs, DEVICE)
+    clf, _ = get_classifier(recipe, train_set, test, cache, DEVICE, steps=CLF_STEPS)
     # an evenly spaced subset of the unseen images: MNIST's test split, CIFAR-10's held-out training images
     held_out, note = test.subset(torch.arange(N_METRIC) * (len(test) // N_METRIC)), test.source
     if info.get("train_images") not in (None, len(train_set)):
@@ -121,9 +133,21 @@ def real_world(ds: str) -> dict | None:
             "eval": held_out, "train": train_set, "clf": clf, "note": note}
 
 
-worlds = [w for w in (real_world(d) for d in ("mnist", "cifar10")) if w is not None] if RUNS else [tiny_world()]
-if not worlds:
-    raise FileNotFoundError(f"CMLITE_RUNS={RUNS} holds no <dataset>-cd and <dataset>-teacher run folders")
+if RUNS:
+    worlds = [w for w in (real_world(d, Path(RUNS), Path(RUNS)) for d in ("mnist", "cifar10")) if w is not None]
+    if not worlds:
+        raise FileNotFoundError(f"CMLITE_RUNS={RUNS} holds no <dataset>-cd and <dataset>-teacher run folders")
+else:
+    worlds = []
+    try:
+        worlds = [w for w in [real_world("mnist", PRETRAINED, OUT)] if w is not None]
+    except FileNotFoundError as e:
+        print(f"pretrained MNIST models in {PRETRAINED}, but no MNIST files here ({str(e).splitlines()[0]})")
+    if worlds:
+        print(f"models: the pretrained MNIST teacher and CD model in {PRETRAINED}")
+    else:
+        print("models: a tiny teacher and CD model trained here")
+        worlds = [tiny_world()]
 for w in worlds:
     w["x"] = (w["eval"].images.float() / 127.5 - 1).to(DEVICE)
     w["labels"] = w["eval"].labels
@@ -203,6 +227,10 @@ for w in worlds:
 # * **Stroke guidance** trades faithfulness to the painting for realism; on small images the paper's times
 #   (made for 256×256 images) leave little of the painting (section 4).
 # * **Denoising** is one evaluation; at $\sigma = 0.5$ the noise is as strong as the image's own contrast.
+#
+# With the tiny model of a fast run (`CMLITE_FAST=1`), only the first point shows: its generated parts are
+# blurred blobs of roughly the right colour, flecked with coloured noise, for the consistency model and the
+# teacher alike. The pretrained MNIST models, a longer run, or the GPU measurements of section 7 show the rest.
 #
 # ## 3. The numbers
 #
@@ -345,7 +373,7 @@ for w in worlds:
           f"samples in {time.monotonic() - t0:.0f} s")
 
 
-search_trails(searches)
+fig = search_trails(searches)   # (it shows the figure; assigning the returned figure keeps it from showing twice)
 
 # %% [markdown]
 # Each point is one evaluation of the search; the curves show whether FID really is unimodal in each time (the
@@ -357,42 +385,55 @@ search_trails(searches)
 # %% [markdown]
 # ## 7. What the trained models did on an H100
 #
-# The README's editing tables come from `bench/edit_eval.py` run on a GPU with the MNIST and CIFAR-10 models
-# of the README's training table (this chapter's code, at 1,000 held-out images per data set). Their JSON files
-# are kept in `docs/results/`; this cell reads the newest one per data set, so the figure below is those
-# measurements, not numbers typed in. Each bar is the in-project classifier's accuracy on the edited images:
-# did the edit produce the right kind of image? The legend gives each method's network evaluations per
-# edit (for stroke guidance and denoising fewer: the task needs fewer time points).
+# The editing tables of `docs/image-results.md` come from `bench/edit_eval.py` run on a GPU with the MNIST and
+# CIFAR-10 models of its training table (this chapter's code, at 1,000 held-out images per data set). Their JSON
+# files are kept in the checkout's `docs/results/`; this cell reads the newest one per data set, so the figure
+# below is those measurements, not numbers typed in. Each bar is the in-project classifier's accuracy on the
+# edited images: did the edit produce the right kind of image? Each method keeps its colour in every panel.
+# The legend gives each method's network evaluations per edit (for stroke guidance and denoising fewer: the
+# task needs fewer time points).
 
 # %%
 import json  # noqa: E402
 
-RESULTS = Path("..") / "docs" / "results"
+RESULTS = REPO / "docs" / "results"   # beside the cmlite package in a checkout (not in an installed wheel)
+COLOURS = {"cd": "C0", "ict": "C1", "ct": "C2", "teacher_ode": "C3", "naive": "C7"}   # one colour per method
+
+
+def folder_date(name: str) -> str:
+    """The date in a results folder's name: the folders sort by it (then by name)."""
+    m = re.search(r"\d{4}-\d{2}-\d{2}", name)
+    return m.group() if m else ""
+
+
 stored = {}
-for f in sorted(RESULTS.glob("gpu-*/**/edit_*.json")):   # sessions sort by date: the newest one stays
-    if "partial" not in f.name:
+for f in sorted(RESULTS.glob("*/**/edit_*.json"), key=lambda f: (folder_date(f.relative_to(RESULTS).parts[0]), f)):
+    if "partial" not in f.name:   # oldest first, so the newest file of each data set stays
         d = json.loads(f.read_text())
         stored[d["dataset"]] = (f.relative_to(RESULTS).parts[0], d)
+if not stored:
+    print(f"no stored editing results in {RESULTS}: this section reads docs/results/*/**/edit_*.json of a checkout "
+          "of the cmlite repository (an installed package does not carry them)")
+else:
+    fig, axes = plt.subplots(1, len(stored), figsize=(7 * len(stored), 3.8), squeeze=False)
+    for ax, (ds, (folder, d)) in zip(axes[0], stored.items()):
+        tasks = list(d["tasks"])
+        methods = [m for m in d["tasks"][tasks[0]]["methods"] if m != "observed"]
+        width = 0.8 / len(methods)
+        for i, m in enumerate(methods):
+            acc = [d["tasks"][t]["methods"][m].get("accuracy", float("nan")) for t in tasks]
+            nfe = d["tasks"][tasks[0]]["methods"][m]["nfe"]
+            ax.bar([j + (i - (len(methods) - 1) / 2) * width for j in range(len(tasks))], acc, width,
+                   color=COLOURS.get(m, f"C{4 + i}"), label=f"{m.replace('_', ' ')} ({nfe} NFE)")
+        ax.axhline(d["accuracy_originals"], c="k", ls=":", lw=1, label="the originals")
+        ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right", fontsize=8)
+        ax.set(ylabel="classifier accuracy on the result", ylim=(0, 1.05),
+               title=f"{ds}: {d['settings']['n']} held-out images ({folder})")
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    plt.show()
 
-fig, axes = plt.subplots(1, len(stored), figsize=(7 * len(stored), 3.8), squeeze=False)
-for ax, (ds, (session, d)) in zip(axes[0], stored.items()):
-    tasks = list(d["tasks"])
-    methods = [m for m in d["tasks"][tasks[0]]["methods"] if m != "observed"]
-    width = 0.8 / len(methods)
-    for i, m in enumerate(methods):
-        acc = [d["tasks"][t]["methods"][m].get("accuracy", float("nan")) for t in tasks]
-        nfe = d["tasks"][tasks[0]]["methods"][m]["nfe"]
-        ax.bar([j + (i - (len(methods) - 1) / 2) * width for j in range(len(tasks))], acc, width,
-               label=f"{m.replace('_', ' ')} ({nfe} NFE)")
-    ax.axhline(d["accuracy_originals"], c="k", ls=":", lw=1, label="the originals")
-    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="classifier accuracy on the result", ylim=(0, 1.05),
-           title=f"{ds}: {d['settings']['n']} held-out images ({session})")
-    ax.legend(fontsize=7, ncol=2)
-fig.tight_layout()
-plt.show()
-
-for ds, (session, d) in stored.items():
+for ds, (folder, d) in stored.items():
     print(f"{ds}: PSNR in dB (network evaluations per edit) of each method")
     for t, e in d["tasks"].items():
         print(f"  {t:13s} " + "   ".join(f"{m.replace('_', ' ')} {r['psnr']:5.2f} ({r['nfe']})"

@@ -35,6 +35,7 @@ import torch.autograd.forward_ad as fwAD
 
 from ._checks import append_dims
 from .losses import draw, get_distance, lambda_weight
+from .parameterization import trigflow_c_noise
 from .schedules import EPS, RHO, SIGMA_DATA, T_MAX
 
 # ---------------------------------------------------------------- times
@@ -303,7 +304,6 @@ class SCMLoss:
         c, sn = torch.cos(s), torch.sin(s)
         cs = append_dims(c * sn, x_s.ndim)
         c_noise_dot = {"t": sd * c * sn, "edm": torch.full_like(s, sd / 4)}[tm.trig_c_noise]  # sd cos sin c_noise'
-        from .parameterization import trigflow_c_noise
         with torch.no_grad():
             F_minus, sdcs_dF = jvp(lambda a, b: tm.net(a, b, **cond),
                                    (x_s / sd, trigflow_c_noise(s, tm.trig_c_noise, sd)), (cs * v, c_noise_dot))

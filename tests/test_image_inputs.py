@@ -129,7 +129,8 @@ def test_damaged_ema_safetensors_names_the_file(tmp_path):
             _truncate(run / "ema.safetensors", 0.7)
         else:
             (run / "ema.safetensors").write_bytes(b"\x00" * 100)
-        with pytest.raises(ValueError, match=r"ema\.safetensors: not a readable safetensors file.*corrupt or truncated"):
+        with pytest.raises(ValueError, match=r"ema\.safetensors: not a readable safetensors file.*corrupt or "
+                                             r"truncated"):
             load_run(run)
 
 
@@ -203,7 +204,8 @@ def test_cmlite_edit_reports_a_corrupt_input_file_without_a_traceback(tmp_path, 
     from cmlite.parameterization import ConsistencyModel
     recipe = get_recipe("tiny-ct")
     info = {"recipe": recipe.to_dict(), "shape": [1, 16, 16], "num_classes": 0}
-    monkeypatch.setattr(R, "load_run", lambda run, device="cpu": (ConsistencyModel(build_net(recipe, 1, 16)).eval(), info))
+    model = ConsistencyModel(build_net(recipe, 1, 16)).eval()
+    monkeypatch.setattr(R, "load_run", lambda run, device="cpu": (model, info))
     save_npz(tmp_path / "in.npz", torch.zeros(2, 1, 16, 16, dtype=torch.uint8))
     _truncate(tmp_path / "in.npz")
     assert main(["edit", str(tmp_path), "inpaint", "--input", str(tmp_path / "in.npz"), "--out",

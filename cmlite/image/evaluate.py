@@ -195,7 +195,7 @@ def evaluate(run, n: int = 10000, device=None, data_root=None, inception: str = 
              "floor images, whose floor is then biased low")
     result = {"run": str(run), "recipe": recipe.name, "n": n, "classifier": clf_info,
               "train_summary": {k: info.get(k) for k in ("steps", "images_per_second", "images_seen", "device",
-                                                          "train_seconds_this_session", "K", "train_images")},
+                                                          "train_seconds_this_process", "K", "train_images")},
               "sources": {k: getattr(s, "sources", {}) for k, s in scorers.items()},
               "rows": []}
     floors = {k: s.floor(n, seed) for k, s in scorers.items()}

@@ -127,8 +127,8 @@ CD_STUDENT = {"dropout": 0.0}
 #: Target EMA of the GPU CD recipes: 0.95, the official ImageNet-64 / LSUN setting (the paper's CIFAR-10 CD
 #: uses 0, with LPIPS). In the toy-scale ablation ``bench/cd_ablation_cpu.sh`` a lagging target and a
 #: smaller learning rate each removed much of the speckle of short L2 distillation runs, and together most.
-#: On an H100 (README, session 3) these two defaults took one-step CIFAR-10 CD from Inception FID 285 to 38
-#: at ~1000 steps of batch 512, its teacher being at 24 with 34 evaluations.
+#: On an H100 (2026-11-26, docs/image-results.md) these two defaults took one-step CIFAR-10 CD from
+#: Inception FID 285 to 38 at ~1000 steps of batch 512, its teacher being at 24 with 34 evaluations.
 CD_MU = 0.95
 
 

@@ -109,7 +109,7 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
     (:class:`~cmlite.training.TrainingInterrupted`), before it with :class:`StoppedEarly` (recipe.json says
     so). Under ``torchrun`` every rank runs this; rank 0 writes the files.
 
-    The summary holds, besides the recipe: steps, K, images/s (whole session, and steady: after the first
+    The summary holds, besides the recipe: steps, K, images/s (whole run, and steady: after the first
     10 steps), ``startup_s`` (seconds from the start to the end of the first training step: imports, data,
     networks, compilation), ``skipped_steps`` (fp16 loss scaling) and the budget's figures."""
     clock = clock or time.monotonic
@@ -141,7 +141,7 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
                                f"than {at} to train on")
     elif rank == 0:
         _start_folder(out, recipe)
-    stage = _Stage(out if saved is None and rank == 0 else None, recipe, resume, ckpt_path)
+    stage = _Stage(out, recipe, resume, ckpt_path, writer=rank == 0)
     with stage:
         stage.now = "loading the data"
         say(f"{recipe.name}: loading the data ({recipe.dataset}) on {device}, {cfg.precision}"
@@ -202,9 +202,9 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
             if per_step is None:
                 K = trainer.step
                 say(f"the {minutes:g}-minute budget ran out after {K} training steps of about "
-                    f"{(clock() - t_train0) / K:.1f} s (the first includes start-up"
-                    + (" and compilation" if cfg.compile else "") + "): training stops here. Give more --minutes, "
-                    "or --steps for a fixed number of steps", warning=True)
+                    f"{(clock() - t_train0) / K:.1f} s" + (" (the first includes compilation)" if cfg.compile else "")
+                    + ": training stops here. Give more --minutes, or --steps for a fixed number of steps",
+                    warning=True)
             else:
                 room = budget.left() - grid_seconds(per_step, cfg.batch_size, nfe)
                 K = trainer.step + max(int(room / per_step), 0)
@@ -249,7 +249,7 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
         summary = {"recipe": recipe.to_dict(), "shape": meta["shape"], "num_classes": num_classes, "status": "done",
                    "steps": trainer.step, "K": trainer.meta["K"], "world_size": world_size,
                    "images_seen": trainer.step * cfg.batch_size, "epochs": batches.epoch, "train_images": len(data),
-                   "train_seconds_this_session": seconds,
+                   "train_seconds_this_process": seconds,
                    "images_per_second": done * cfg.batch_size / max(seconds, 1e-9),
                    "steady_images_per_second": (marks[-1][0] - marks[0][0]) * cfg.batch_size
                    / max(marks[-1][1] - marks[0][1], 1e-9) if len(marks) > 1 else None,
@@ -305,8 +305,8 @@ class _Stage:
     handles its own): SIGTERM raises :class:`StoppedEarly` (Ctrl-C's KeyboardInterrupt becomes one), and
     a fresh run's recipe.json records where it stopped. With ``defer``, a signal waits until the block ends."""
 
-    def __init__(self, folder: Path | None, recipe: Recipe, resume: bool, ckpt_path: Path):
-        self.folder, self.recipe, self.resume, self.ckpt = folder, recipe, resume, ckpt_path
+    def __init__(self, folder: Path, recipe: Recipe, resume: bool, ckpt_path: Path, writer: bool = True):
+        self.folder, self.recipe, self.resume, self.ckpt, self.writer = folder, recipe, resume, ckpt_path, writer
         self.now, self.fit, self.defer, self.pending = "starting", False, False, None
         self.previous, self.previous_int = None, None
 
@@ -326,13 +326,25 @@ class _Stage:
         else:
             what = ("nothing was saved (calibration steps are not checkpointed)" if "calibrat" in self.now
                     else "nothing was trained") + "; start the run again"
-        if self.folder is not None:
-            try:
-                _write_json(self.folder / RECIPE_FILE, {"recipe": self.recipe.to_dict(),
-                                                        "status": f"stopped by {name} while {self.now}: {what}"})
-            except OSError:
-                pass
+        self._status(f"stopped by {name} while {self.now}: {what}")
         return StoppedEarly(f"stopped by {name} while {self.now}, before training: {what}", signum)
+
+    def _status(self, status: str) -> None:
+        """Record ``status`` in the run's recipe.json, keeping what it holds (a resumed run's summary)."""
+        if not self.writer or not self.folder.is_dir():
+            return
+        info = {}
+        try:
+            info = json.loads((self.folder / RECIPE_FILE).read_text())
+        except (OSError, ValueError):
+            pass
+        info = info if isinstance(info, dict) else {}
+        info.setdefault("recipe", self.recipe.to_dict())
+        info["status"] = status
+        try:
+            _write_json(self.folder / RECIPE_FILE, info)
+        except OSError:
+            pass
 
     def writing(self) -> None:
         """From here SIGTERM and Ctrl-C wait until the block ends: the final files are written first."""
@@ -355,12 +367,7 @@ class _Stage:
         if self.previous_int is not None:
             signal.signal(signal.SIGINT, self.previous_int)
         if isinstance(exc, TrainingInterrupted):   # Trainer.fit stopped after writing its checkpoint
-            if self.folder is not None or self.resume:
-                try:
-                    _write_json(self.ckpt.parent / RECIPE_FILE, {
-                        "recipe": self.recipe.to_dict(), "status": f"{exc}: continue with --resume"})
-                except OSError:
-                    pass
+            self._status(f"{exc}: continue with --resume")
             return False
         if exc is not None and type(exc) is KeyboardInterrupt and not self.fit:   # Ctrl-C
             raise self._stopped(signal.SIGINT) from None
