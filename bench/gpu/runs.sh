@@ -6,6 +6,8 @@
 #       samples of each consistency model; needs mnist_uint8.npz and the first part of the Inception weights
 #   m2  the second part of the Inception weights; evaluate the MNIST runs (Inception and classifier FID);
 #       start-up time of `cmlite train` with an empty and with a filled compile cache
+#   m3  MNIST continuous time: sCT beside ECT (6.5 min each) on the same GPU; samples; classifier FID; the
+#       fp16 EMA weights and the samples copied to OUTDIR one file each
 #   c1  CIFAR-10: teacher (4 min) then CD (4.5 min), beside iCT (8.5 min); samples; evaluation
 # Data and weights come from the folders prepared by `bash bench/gpu/prepare.sh` (a .gpu/ folder in the checkout).
 # Everything a stage produced (logs, JSON, grids, sample npz files, EMA weights; no checkpoints) is packed
@@ -16,7 +18,7 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 CMLITE_DATA=/root/stash CMLITE_INCEPTI
 export TORCHINDUCTOR_CACHE_DIR=/root/inductor NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 S=/root/stash R=/root/runs L=/root/logs/$STAGE
 mkdir -p $S $R $L
-pack() { (cd /root && tar czf "$DEST/$STAGE.tgz" --exclude='checkpoint.pt' --exclude='*.tmp' logs runs 2>/dev/null); ls -la "$DEST"; }
+pack() { (cd /root && tar czf "$DEST/$STAGE.tgz" --exclude='checkpoint.pt' --exclude='*.tmp' --exclude='*.npz' --exclude='*.safetensors' logs runs 2>/dev/null); ls -la "$DEST"; }
 trap pack EXIT
 for d in .gpu/*/; do cp -n $d* $S/ 2>/dev/null; done
 if [ -f $S/inc_aa ] && [ -f $S/inc_ab ] && [ ! -f $S/default_1.pt ]; then
@@ -47,6 +49,23 @@ case $STAGE in
         s=$(ms); python -m cmlite train mnist-ict --steps 1 --out /root/startup-$c --set train.log_every=1 \
           > $L/startup-$c.log 2>&1; echo "startup $c $(( $(ms) - s )) ms" | tee -a $L/startup.txt
       done ;;
+  m3) T mnist-sct --minutes ${MIN_SCT:-6.5} & T mnist-ect --minutes ${MIN_ECT:-6.5} & wait
+      SAMPLES mnist-sct mnist-ect
+      for r in mnist-sct mnist-ect; do E $r --inception no; done
+      python - "$DEST" <<'PY'
+import os, sys, numpy as np
+from safetensors.torch import load_file, save_file
+for r in ("mnist-sct", "mnist-ect"):
+    for k in (1, 2):
+        f = f"/root/runs/{r}/samples-{k}.npz"
+        if os.path.exists(f):
+            np.savez_compressed(f"{sys.argv[1]}/{r}-samples-{k}.npz", images=np.load(f)["images"])
+    w = f"/root/runs/{r}/ema.safetensors"
+    if os.path.exists(w):
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(w).items()},
+                  f"{sys.argv[1]}/{r}-ema-fp16.safetensors")
+PY
+      ;;
   c1) ( T cifar10-teacher --minutes ${MIN_TEACHER:-4}; T cifar10-cd --teacher $R/cifar10-teacher --minutes ${MIN_CD:-4.5} ) &
       T cifar10-ict --minutes ${MIN_ICT:-8.5} &
       wait; SAMPLES cifar10-cd cifar10-ict

@@ -20,13 +20,16 @@ scaled by 1/sqrt(2). Weights are xavier-uniform; the last conv of each block, th
 the output conv start at 1e-5 of that (EDM), so a new net outputs ~0 and f_theta starts as c_skip x.
 Any H, W divisible by 2**(levels-1) work (28 -> 14 -> 7 for MNIST with three levels).
 
-Every block is forward-mode differentiable (``torch.func.jvp``, ``torch.autograd.forward_ad``), in eager
-mode and under ``torch.compile``, as continuous-time consistency training needs (the tangent of F_theta
-along (x', t')): while forward-mode AD is active (:func:`forward_ad_active`) GroupNorm computes its
-statistics with plain ops (:func:`group_norm_by_sums`; its channels-last autograd Function also has a
-written-out JVP rule) and attention its explicit softmax formula (:attr:`Attention.math_path`). Dropout's
-tangent uses its primal's mask; under ``torch.func.jvp`` a channels-last tensor's mask is drawn in another
-order than in eager mode, so take the primal output from the same ``jvp`` call as the tangent.
+Every block is forward-mode differentiable (``torch.func.jvp``, ``torch.autograd.forward_ad``), as
+continuous-time consistency training needs (the tangent of F_theta along (x', t')), in eager mode and in a
+``torch.compile``'d function that calls ``torch.func.jvp`` itself (dynamo traces the transform). Not through
+a network compiled in place and called with dual tensors: in torch 2.13 Inductor's compiled graph drops
+their tangents (wrong by percents, no error). While forward-mode AD is active (:func:`forward_ad_active`)
+GroupNorm computes its statistics with plain ops (:func:`group_norm_by_sums`; its channels-last autograd
+Function also has a written-out JVP rule) and attention its explicit softmax formula
+(:attr:`Attention.math_path`). Dropout's tangent uses its primal's mask; under ``torch.func.jvp`` (not
+``torch.autograd.forward_ad``) a channels-last tensor's mask is drawn in another order than in eager mode,
+so there take the primal output from the same ``jvp`` call as the tangent.
 """
 from __future__ import annotations
 
