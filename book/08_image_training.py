@@ -30,9 +30,9 @@
 #   matching with EDM's weighting, with the *same* `Trainer`.
 #
 # This chapter does all of it in a few cells. On a GPU it trains on MNIST. On a CPU it trains a tiny U-Net
-# on a synthetic data set that it makes itself: with `CMLITE_FAST=1` (the test suite) the whole chapter takes
-# about 2 minutes of one core (measured on 2026-11-26: 95 s of training, 300 teacher and 300 distillation
-# steps; a machine busy with other work takes proportionally longer). Without it the CPU run trains 10 times
+# on a synthetic data set that it makes itself. With `CMLITE_FAST=1` (the test suite), the whole chapter takes
+# about 105 s of one core (measured on 2026-12-05: 30 s for 300 teacher steps, 55 s for 300 distillation
+# steps); a machine busy with other work takes proportionally longer. Without it, the CPU run trains 10 times
 # as many teacher steps and 5 times as many distillation steps, at twice the batch.
 
 # %%

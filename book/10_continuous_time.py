@@ -210,9 +210,9 @@ print(f"random f_theta: mean |g| over the grid {np.mean(field['norm']):.3f};  th
 # %% [markdown]
 # The velocity $v = (x - D(x, t))/t$ points away from the denoiser's estimate $D(x, t)$ (forward in time the ODE
 # spreads the data out); at $t = 1$, larger than the width of the modes, that estimate lies near the centre for
-# most $x$, so the field is nearly radial, and $|v|$ grows with the distance. For the random network the two parts of $g$ are of the same size and do not
-# cancel; for the exact consistency function of the Gaussian toy each part is of order one and their sum is
-# zero to round-off.
+# most $x$, so the field is nearly radial, and $|v|$ grows with the distance. For the random network the two parts
+# of $g$ are of the same size and do not cancel; for the exact consistency function of the Gaussian toy each part
+# is of order one and their sum is zero to round-off.
 #
 # ## 3. Theorems 3–6, measured
 #
@@ -274,17 +274,18 @@ for ax, (key, label, sk) in zip(axes, rows):
     p = rep[key]["expected_order"]
     ax.loglog(k, y[-1] * (k / k[-1]) ** p, "k:", label=f"slope {p}")
     ax.set_xlabel("k = 1/(N - 1)"), ax.set_title(titles[key], fontsize=10), ax.legend(fontsize=7)
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter()), ax.yaxis.set_minor_formatter(NullFormatter())
 axes[0].set_ylabel("|scaled discrete - limit|")
 axes[2].set_ylabel("relative gradient gap")
 fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# All five gaps fall on straight lines of the predicted slope, on both toys; the fitted orders (printed above)
-# are within a tenth or two of 1 and 2. At $N = 512$ the scaled discrete CD loss is within about 1% of its
-# limit: a grid of a few hundred points already trains on (nearly) the continuous-time objective, and the
-# residual is the ordinary $O(1/N)$ of a Riemann sum.
+# All five gaps fall on straight lines of the predicted slope, on both toys; the fitted orders (printed above;
+# full run: 0.95–1.10 for Theorems 3–6, 1.98–1.99 for CT without stop-gradient) are within a tenth of 1 and 2.
+# At $N = 512$ the scaled discrete CD loss is within 0.5% of its limit on the mixture and the scaled gradients
+# within 0.25%: a grid of a few hundred points already trains on (nearly) the continuous-time objective, and
+# the rest is the ordinary $O(1/N)$ of a Riemann sum.
 #
 # The sanity check at the answer: for the single Gaussian the exact consistency function is known in closed
 # form, its tangent vanishes, and so does $\mathcal L^\infty_{CD}$:
@@ -366,8 +367,8 @@ print(f"\nexact consistency function of the Gaussian toy: P = {float(per_star.me
 # random network's outputs at $T$ are small. The exact answer scores 0, higher than these bad networks. The real
 # discrete loss is positive, $(N-1)\mathcal L^N$ is already small at $N = 256$ and heads to zero, and
 # $(N-1)^2\mathcal L^N$ is Theorem 3's quantity — a different number again. Yet the gradients of $\mathcal P$ and of
-# $(N-1)\mathcal L^N$ point the same way (cosine 1.0000, relative difference a few tenths of a percent, the $O(1/N)$ of
-# Theorem 5), while the full gradient of the value points elsewhere. So: never read a continuous-time
+# $(N-1)\mathcal L^N$ point the same way (cosine 0.99998 or better, relative difference 0.3–0.6%, the $O(1/N)$ of
+# Theorem 5), while the full gradient of the value points elsewhere (cosine between 0.0 and 0.3). So: never read a continuous-time
 # consistency loss curve as a measure of progress (section 6 shows such curves); watch the tangent's size
 # and the samples instead.
 #
@@ -446,7 +447,8 @@ ax.set_xticks(pos, [c[0] for c in cases])
 ax.set_title("CT without stop-gradient = CD + bias"), ax.legend(fontsize=8)
 ax = axes[1]
 prof = rep["per_toy"]["mixture"]["profile"]
-for key, lab in (("cd_l2", r"$\lambda\tau'^2\|g_{CD}\|^2$"), ("ct_bias", r"bias: $\lambda\tau'^2\,\mathrm{tr}(J\,\mathrm{Cov}\,J^\top)/t^2$"),
+for key, lab in (("cd_l2", r"$\lambda\tau'^2\|g_{CD}\|^2$"),
+                 ("ct_bias", r"bias: $\lambda\tau'^2\,\mathrm{tr}(J\,\mathrm{Cov}\,J^\top)/t^2$"),
                  ("ct_l2", r"$\lambda\tau'^2\|g_{CT}\|^2$")):
     ax.loglog(prof["t"], prof[key], label=lab)
 ax.set_xlabel("t"), ax.set_title(r"integrands over $u$ (mixture, random $f_\theta$), sample means"), ax.legend(fontsize=8)
@@ -454,15 +456,18 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The identity holds within the sampling error in every case, and for the exact Gaussian consistency function
-# the whole CT limit is bias: a strictly positive loss at the right answer. On the random networks the bias is
-# of the same size as $\mathcal L^\infty_{CD}$ itself, and the integrands show where it comes from — the middle of the
-# time range, where both $J$ and the posterior spread are large (the factor $\tau'^2$ comes from measuring in $u$).
+# The identity holds within the sampling error in every case (|z| < 1 in the full run), and for the exact
+# Gaussian consistency function the whole CT limit is bias: a strictly positive loss at the right answer. On the
+# random networks the bias is of the same size as $\mathcal L^\infty_{CD}$ itself. The integrands (right; the factor
+# $\tau'^2$ comes from measuring in $u$) peak together around $t \approx 0.5$; below $t \approx 0.1$ the bias is *larger*
+# than the CD term — there the modes separate and the posterior straddles their boundaries — and above
+# $t \approx 5$ it dies out, because $J \to 0$ for every $f_\theta$ of the skip form ($c_{\rm skip} \to 0$, $c_{\rm in} \to 0$).
 #
 # ## 6. TrigFlow and sCM's stabilisers
 #
-# Continuous-time CT and CD (Appendix B of the paper) worked on CIFAR-10 but were unstable; Lu & Song (2025,
-# "sCM") traced the instability to the tangent and fixed it with a handful of changes.
+# The consistency-models paper already trained its continuous-time objectives (Appendix B), but they proved hard
+# to train stably at scale; Lu & Song (2025, "sCM") traced the instability to the tangent and fixed it with a
+# handful of changes.
 #
 # **TrigFlow.** Time $s \in [0, \pi/2]$ with $x_s = \cos(s)\,x_0 + \sin(s)\,\sigma_d z$ and
 #
@@ -501,8 +506,9 @@ print(f"max |cos^2 s - c_skip(eps=0)| = {float((torch.cos(s) ** 2 - c_skip).abs(
       f"max |cos(s)/sigma_d - c_in| = {float((torch.cos(s) / 0.5 - c_in).abs().max()):.1e}")
 trig = ConsistencyModel(MLP(2, 16, 1), parameterization="trigflow").double()
 xb = torch.randn(5, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
-print(f"TrigFlow boundary: max |f(x, s = 0) - x| = {float((trig.trigflow_f(xb, 0.0) - xb).abs().max()):.1e};  "
-      f"in EDM time at t = eps: {float((trig(xb, EPS) - xb).abs().max()):.1e} (O(eps / sigma_d), not zero)")
+with torch.no_grad():
+    print(f"TrigFlow boundary: max |f(x, s = 0) - x| = {float((trig.trigflow_f(xb, 0.0) - xb).abs().max()):.1e};  "
+          f"in EDM time at t = eps: {float((trig(xb, EPS) - xb).abs().max()):.1e} (O(eps / sigma_d), not zero)")
 
 # %% [markdown]
 # ### Training in 2D: the continuous-time recipes and their ablations
@@ -596,6 +602,8 @@ def metrics_table(results):
 
 results = {name: evaluate(tr.ema) for name, tr in runs.items()}
 metrics_table(results)
+tau_p = karras_time_derivative(torch.tensor([0.0, 1.0], dtype=F64))
+print(f"the CM form's weight tau'(u): {float(tau_p[0]):.3f} at t = eps, {float(tau_p[1]):.0f} at t = T")
 
 # %%
 groups = [("cCT (iCT limit)", ["cCT", "cCT, raw tangent"]), ("cCT, CM form", ["cCT, CM form (raw)", "cCT, CM form, normalised"]),
@@ -617,7 +625,22 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# RESULTS-6 (what the full run shows; written after the run)
+# What the full run shows (3000 steps, one seed; the fast run is too short for most of it):
+#
+# * **The CM form diverges**, with and without normalisation: within the first 300 steps the tangent grows from
+#   0.4 to about 100 and stays there, and the one-step samples end up tens of units away from the data (sliced W2
+#   28.6 raw, 11.5 normalised). This is the instability that continuous-time consistency models are known for,
+#   and it shows here in 2D. Its weight $\tau'(u)$ runs from 0.05 at $t = \epsilon$ to 437 at $t = T$ (printed above),
+#   so the largest noise levels dominate every batch; we have not taken the failure apart further (at the one
+#   learning rate, $10^{-3}$, of every run here). iCT's limit weighting avoids it.
+# * **iCT's limit (cCT) trains, and normalisation matters**: with the raw tangent the tangent spikes (to 4.5 near
+#   step 800) and the run ends far worse (one-step sliced W2 0.495, 73% of the samples between modes) than with the
+#   normalised one (0.112, 35%). One seed, but a large gap.
+# * **sCT trains with and without its stabilisers.** Its tangent spikes to 2–4 in the first third for all three
+#   variants. Without the warm-up the one-step samples are worse (0.242 against 0.139), without the adaptive
+#   weight no worse (0.148) — differences of the size one seed can produce, so no firm verdict on either.
+# * The logged "loss" (right) is the pseudo-objective of section 4: cCT's hovers between 0 and 0.3, sCT's turns
+#   negative; neither says anything about progress.
 #
 # **Why normalise at all: the tangent's size across time.** Per-sample $\|g\|$ against $t$ on one batch, at
 # initialisation and after training (for sCT before its normalisation, with $r = 1$):
@@ -653,7 +676,13 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# RESULTS-6b
+# The tangent's size spans four orders of magnitude across $t$: about 1 below $t \approx 0.5$, then falling like a
+# power of $t$ (to $10^{-4}$ at $t = 80$ for the skip form, $10^{-2}$ for TrigFlow, whose $g$ carries the bounded
+# factor $\cos s$), and training widens the spread at large $t$. Within one noise level the spread is modest
+# (largest over median 4–7 in the batch). So here the normalisation $g/(\|g\| + 0.1)$ is less about rare outliers
+# than about capping each sample's pull: tangents below 0.1 (the large-$t$ ones) keep their size, larger ones are
+# cut to length about 1, which bounds the update when the tangent spikes during training — the raw cCT run's
+# spike is the event it guards against.
 #
 # **What the adaptive weight learned.** sCT's $w_\phi(s)$ is trained to $e^{-w_\phi(s)} \approx$ the mean squared residual at
 # $s$. The learned curve against the residual measured per noise level on fresh samples (the library's
@@ -677,11 +706,14 @@ ax.loglog(t_line, torch.exp(-w_line), label=r"learned $e^{-w_\phi(s)}$")
 ax.loglog(centres, binned, "o", label="measured mean residual $\\mathcal{E}$ (binned)")
 ax.set_xlabel(r"t = $\sigma_d \tan s$"), ax.legend(fontsize=8), ax.set_title("sCT's adaptive weight")
 plt.show()
-print(f"learned loss scale e^-w from {float(torch.exp(-w_line).min()):.2e} to {float(torch.exp(-w_line).max()):.2e} "
-      "across t: without it the loss at the noisiest times would outweigh the rest by that factor")
+print(f"learned loss scale e^-w from {float(torch.exp(-w_line).min()):.3f} to {float(torch.exp(-w_line).max()):.3f} "
+      f"across t: a reweighting by at most a factor {float(torch.exp(-w_line).max() / torch.exp(-w_line).min()):.1f}")
 
 # %% [markdown]
-# RESULTS-6c
+# The learned $e^{-w_\phi}$ follows the measured residual where sCT draws its times (its lognormal, $P_{\rm mean} = -1$,
+# $P_{\rm std} = 1.4$, puts little mass above $t \approx 5$, where the curve is extrapolation) and spans a factor of about 3.4
+# in the full run: in 2D the reweighting is mild, consistent with the ablation above. Lu & Song report that it
+# matters at image scale, where the residual varies far more across $t$.
 #
 # ## 7. Continuous against discrete in 2D
 #
@@ -734,26 +766,70 @@ for name, model in [("init", recipe("cCT", STEPS)[0])] + [(n, runs[n].ema) for n
     print(f"{name:<8}" + "".join(f"{v_:>12.3f}" for v_ in rms))
 
 # %% [markdown]
-# RESULTS-7
+# **What wins here** (full run: one seed, 3000 steps each, equal steps):
+#
+# * **The discrete methods, clearly.** ECT's one-step samples are the best of all (sliced W2 0.041 against the
+#   data-vs-data floor 0.031, 11% between modes), iCT's next (0.097, 10%; its ring is a little too small, as in
+#   Chapter 5); with two steps both reach the floor (0.029 and 0.027).
+# * **Continuous time loses.** cCT's one-step samples form one lopsided ring with 35% of them between modes, sCT's a
+#   fuzzy disc with 60%; a second step makes both *worse* (58%, 69%): their $f_\theta$ at the intermediate time
+#   $\tau = 0.585$ is poor.
+# * **The tangent table says the same in the theory's own terms.** The discrete-trained models end with the smallest
+#   tangent along the true PF ODE (iCT: RMS 0.12 at $t = 0.05$, 0.11 at $t = 0.5$), while cCT and sCT, which train on
+#   the tangent directly, stay close to their initial value at small $t$ (0.69 and 0.71, against 0.77 at
+#   initialisation).
+# * A continuous-time step costs 1.6–2x a discrete one here (the JVP), so at equal wall-clock time the gap is wider still.
+#
+# Why? The benchmark's ablations point at the missing **curriculum**. iCT's $N$ starts at 11 and ECT's first stage
+# is plain denoising ($r = \epsilon$): both first learn the coarse map from large gaps, where the signal is strong,
+# and then refine it. The continuous-time losses start at the infinitesimal gap, where the only signal is the
+# local tangent — noisy by the posterior-covariance term of section 5 — which has to carry the boundary condition
+# up from $t = \epsilon$ through the whole time range. In a one-seed run of `bench/continuous_2d.py`'s ablations (its
+# table is printed below when present), ECT *without* its curriculum (its smallest gap from the first step) leaves
+# 35% of the one-step samples between modes instead of 11%, and ECT's first half followed by continuous-time CT
+# for the second half ends at 12%, level with iCT: continuous-time training keeps a good coarse map well, it is
+# poor at building one. (One seed each: indicative, not settled.) The same run's `cct_cm` is this chapter's
+# diverging CM form, to the digit. And the published continuous-time results (sCT: one-step CIFAR-10 FID 2.97)
+# come from U-Nets trained for hundreds of thousands of steps, with network changes this 2D MLP does not have:
+# this chapter shows what the same losses do on a small problem at a small budget, not that they cannot work.
 #
 # **The benchmark.** `bench/continuous_2d.py` runs the same four methods on the same settings for three seeds,
-# at equal steps and at equal wall-clock time (a continuous-time method then gets fewer steps), with more
-# diagnostics (the gradient's signal-to-noise ratio, the error against the exact PF-ODE map over $t$). Its table,
-# if it has been run in this checkout:
+# at equal steps and at equal wall-clock time (a continuous-time method then gets fewer steps), plus the ablations
+# named above, with more diagnostics (the gradient's signal-to-noise ratio, the error against the exact PF-ODE map
+# over $t$). Its tables, as far as they have been run in this checkout (`docs/results/continuous-2d/`):
 
 # %%
 RESULTS = Path(cmlite.__file__).resolve().parents[1] / "docs" / "results" / "continuous-2d"
-bench_md, bench_json = RESULTS / "continuous_2d.md", RESULTS / "continuous_2d.json"
-if bench_md.exists():
-    if bench_json.exists():
-        doc = json.loads(bench_json.read_text())
-        print(f"{bench_json.relative_to(RESULTS.parents[2])}: {doc.get('date', '?')}, `{doc.get('command', '?')}`, "
-              f"settings {doc.get('settings', {}).get('steps', '?')} steps, seeds {doc.get('settings', {}).get('seeds', '?')}")
-    print(bench_md.read_text())
-else:
+tables = sorted(RESULTS.glob("**/continuous_2d.md"))          # the main run and any ablation runs beside it
+for md in tables:
+    doc_path = md.with_suffix(".json")
+    doc = json.loads(doc_path.read_text()) if doc_path.exists() else {}
+    print(f"== {md.parent.relative_to(RESULTS.parents[2])}: {doc.get('date', '?')}, "
+          f"`{doc.get('command', '?')}`, seeds {doc.get('settings', {}).get('seeds', '?')}")
+    print(md.read_text())
+if not tables:
     print(f"no benchmark results in {RESULTS} yet: run  python bench/continuous_2d.py --out docs/results/continuous-2d")
 
 # %% [markdown]
 # ## Summary
 #
-# SUMMARY
+# * As $N \to \infty$ the difference of neighbouring outputs becomes $h$ times the tangent
+#   $g = \partial_t f_\theta + \partial_x f_\theta\, v$, the time derivative of $f_\theta$ along the PF ODE (CT: along the
+#   noising line, $v \to z$), and the grid gaps become $\tau'(u)/(N-1)$. The tangent is one forward-mode
+#   Jacobian-vector product; the library's agrees with the chain rule written out to round-off.
+# * Theorems 3–6, measured on analytic toys with common random numbers: $(N-1)^2\mathcal L^N$, $(N-1)\mathcal L^N$ ($L_1$) and
+#   $(N-1)\nabla_\theta\mathcal L^N$ (stop-gradient, CD and CT) converge to their limits at order 1 in $1/N$; the library's
+#   continuous-time losses have exactly the limit gradients.
+# * The stop-gradient limit is a pseudo-objective: its value is $\mathbb E\|f_\theta(x_T, T)\|^2 - \mathbb E\|x_\epsilon\|^2$ (with
+#   $\lambda = 1$), negative for random networks and 0 at the answer; only its gradient is meaningful.
+# * CT without the stop-gradient converges (order 2) to the CD limit *plus* $\mathbb E[\lambda\tau'^2 \operatorname{tr}(J\,\mathrm{Cov}[x|x_t]\,J^\top)/t^2]$,
+#   positive even at the exact consistency function; it pushes $\partial_x f_\theta$ towards zero, the collapse of Chapter 5.
+# * TrigFlow rewrites EDM's skip form with bounded trigonometric coefficients; sCM adds tangent normalisation, a
+#   tangent warm-up and an adaptive weighting. In 2D, continuous-time CT in the paper's original form (uniform $u$,
+#   weight $\tau'$) diverges; in iCT's limit form it trains, and there the tangent normalisation made the difference;
+#   the warm-up and the adaptive weight made no difference one seed can resolve.
+# * On the ring, at equal steps, the discrete methods win clearly: ECT and iCT reach the data-vs-data floor in two
+#   steps, while continuous-time CT and sCT leave 35–69% of their samples between the modes (one or two steps)
+#   and cost up to twice as much per step. Continuous time removes the discretisation error of Theorem 1, but on this
+#   problem the discretisation error was not what limited the discrete methods; what the continuous-time losses
+#   lack is the curriculum from large gaps to small ones (the benchmark's one-seed ablations).

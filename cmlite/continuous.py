@@ -120,12 +120,16 @@ class ContinuousConsistencyLoss:
     r"""Shared machinery of :class:`ContinuousCTLoss` and :class:`ContinuousCDLoss`.
 
     Args:
-        weighting: lambda(t), a name of :func:`cmlite.losses.lambda_weight` ('uniform', 'snr', ...) or
-            'ict'. The per-sample factor is w = lambda(t) tau'(u) (the limit of (N - 1) L^N for uniform n);
-            'ict' (lambda = 1/(t_{n+1} - t_n)) gives w = 1, the limit of L^N itself, since lambda Delta t = 1.
+        weighting: lambda(t), a name of :func:`cmlite.losses.lambda_weight` ('uniform', 'snr', ...), 'ict' or
+            'ict_huber'. The per-sample factor is w = lambda(t) tau'(u) (the limit of (N - 1) L^N for uniform n).
+            'ict' (lambda = 1/(t_{n+1} - t_n) with squared L2) gives w = 1, the limit of L^N itself, since
+            lambda Delta t = 1. 'ict_huber' is improved CT's lambda with its pseudo-Huber distance where
+            ||Delta f|| >> c (most pairs): the distance's gradient is then the unit vector Delta f / ||Delta f||
+            -> g / ||g|| (use ``normalize``) and nothing cancels lambda = 1/Delta t ~ 1/tau'(u), so
+            w = (1/t)^{(rho - 1)/rho} (tau'(u) up to its constant, scaled to w(1) = 1).
         time_sampling: 'uniform' (u ~ U[0, 1], t = tau(u) on the Karras map: CM's continuous-time losses)
             or 'lognormal' (ln t ~ N(P_mean, P_std^2) truncated to [eps, T]: the limit of improved CT's
-            discretised lognormal indices; needs weighting 'ict').
+            discretised lognormal indices; needs weighting 'ict' or 'ict_huber').
         normalize: None, or c > 0 to replace g by g / (||g|| + c) (per sample, full norm): sCM's tangent
             normalisation, and the limit of a pseudo-Huber distance whose c shrinks with the gap (its
             gradient, Delta t g / sqrt(Delta t^2 ||g||^2 + c^2 Delta t^2), is g / sqrt(||g||^2 + c^2)).
@@ -140,11 +144,11 @@ class ContinuousConsistencyLoss:
                  P_std: float = 2.0, normalize: float | None = None, share_dropout: bool = True):
         if time_sampling not in ("uniform", "lognormal"):
             raise ValueError(f"time_sampling must be 'uniform' or 'lognormal'; got {time_sampling!r}")
-        if weighting != "ict":
+        if weighting not in ("ict", "ict_huber"):
             lambda_weight(weighting, torch.ones(1), 2 * torch.ones(1))  # fail early on an unknown name
             if time_sampling == "lognormal":
-                raise ValueError("time_sampling='lognormal' needs weighting='ict' (w = 1, the limit of improved "
-                                 "CT's loss); other weightings are defined for time_sampling='uniform'")
+                raise ValueError("time_sampling='lognormal' needs weighting='ict' or 'ict_huber' (the limits of "
+                                 "improved CT's loss); other weightings are defined for time_sampling='uniform'")
         if normalize is not None and not normalize > 0:
             raise ValueError(f"normalize must be None or a positive constant c; got {normalize!r}")
         self.weighting, self.time_sampling = weighting, time_sampling
@@ -156,15 +160,17 @@ class ContinuousConsistencyLoss:
         """(t, w): B times and their weights w (see the class docstring)."""
         if self.time_sampling == "lognormal":
             t = truncated_lognormal(B, self.P_mean, self.P_std, self.eps, self.T, device, torch.float64, generator)
-            return t.to(dtype), torch.ones(B, dtype=dtype, device=t.device)
+            return t.to(dtype), self.weight(t).to(dtype)
         u = torch.rand(B, dtype=torch.float64, device=device, generator=generator)
         t = karras_time(u, self.eps, self.T, self.rho)
         return t.to(dtype), self.weight(t, u).to(dtype)
 
-    def weight(self, t: Tensor, u: Tensor) -> Tensor:
-        """w = lambda(t) tau'(u) for uniform u (w = 1 for 'ict')."""
+    def weight(self, t: Tensor, u: Tensor | None = None) -> Tensor:
+        """w = lambda(t) tau'(u) for uniform u; w = 1 for 'ict'; w = t^{-(rho - 1)/rho} for 'ict_huber'."""
         if self.weighting == "ict":
             return torch.ones_like(t)
+        if self.weighting == "ict_huber":
+            return t ** (-(self.rho - 1) / self.rho)
         return lambda_weight(self.weighting, t, t, self.sigma_data) * karras_time_derivative(
             u, self.eps, self.T, self.rho)
 

@@ -119,6 +119,21 @@ def test_cd_with_the_exact_per_sample_denoiser_is_ct():
     torch.testing.assert_close(ct, cd)
 
 
+def test_continuous_weights():
+    # uniform u: w = lambda(t) tau'(u), tau' checked against a central difference of tau (float64, h = 1e-6:
+    # error ~1e-12 relative); 'ict': 1; 'ict_huber': t^{-(rho-1)/rho}, which is 1/tau'(u) up to the constant
+    # rho (T^{1/rho} - eps^{1/rho}). Planted bug: tau'(u) without its factor rho is 7x off.
+    u = torch.linspace(0.01, 0.99, 50, dtype=torch.float64)
+    t = cc.karras_time(u)
+    fd = (cc.karras_time(u + 1e-6) - cc.karras_time(u - 1e-6)) / 2e-6
+    torch.testing.assert_close(cc.karras_time_derivative(u), fd, rtol=1e-7, atol=0)
+    torch.testing.assert_close(cc.ContinuousCTLoss(weighting="snr").weight(t, u), fd / t ** 2, rtol=1e-7, atol=0)
+    torch.testing.assert_close(cc.ContinuousCTLoss(weighting="ict").weight(t, u), torch.ones_like(t))
+    const = 7 * (cm.T_MAX ** (1 / 7) - cm.EPS ** (1 / 7))
+    torch.testing.assert_close(cc.ContinuousCTLoss(weighting="ict_huber").weight(t, u), const / fd, rtol=1e-7, atol=0)
+    assert not torch.allclose(fd / 7, fd, rtol=0.5)
+
+
 def test_continuous_loss_options_are_checked():
     with pytest.raises(ValueError, match="weighting='ict'"):
         cc.ContinuousCTLoss(time_sampling="lognormal")
