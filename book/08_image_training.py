@@ -110,7 +110,7 @@ elif pretrained:
     TEACHER_STEPS, CD_STEPS, BATCH = 0, 0, 256
 else:
     real = synthetic_dataset(2048, channels=1, resolution=16, num_classes=4, seed=0)
-    held_out = synthetic_dataset(512, channels=1, resolution=16, num_classes=4, seed=1)
+    held_out = synthetic_dataset(1024, channels=1, resolution=16, num_classes=4, seed=1)   # >= the FID's n
     net_cfg = unet_config("tiny", img_resolution=16, in_channels=1, model_channels=16)
     TEACHER_STEPS, CD_STEPS, BATCH = (300, 300, 32) if FAST else (3000, 1500, 64)
 data = ImageData(real.images, None, 0, real.name)  # unconditional: drop the labels for training
@@ -226,8 +226,8 @@ plt.tight_layout()
 tiny = not GPU and not pretrained                   # the synthetic shapes: a narrow classifier is enough
 clf, acc = train_classifier(real, held_out, steps=60 if FAST else 1000, batch_size=128, width=16 if tiny else 64,
                             device=device)
-reference = real.images if GPU else real.images[:10000]   # (a CPU: at most 10k reference images)
-scorer = FIDScorer(classifier_features(clf), reference, device, floor_images=held_out.images)
+cap = None if GPU else 2048                          # a CPU: features of at most 2048 reference and floor images
+scorer = FIDScorer(classifier_features(clf), real.images[:cap], device, floor_images=held_out.images[:cap])
 if GPU:
     n = 10000
 elif pretrained:    # the MNIST U-Net on a CPU: the teacher's 34 evaluations per sample dominate the cost

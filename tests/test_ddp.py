@@ -166,9 +166,22 @@ def test_ranks_stop_a_time_budget_at_the_same_step(tmp_path):
     assert json.loads((tmp_path / "run0" / "recipe.json").read_text())["steps"] == s0
 
 
-def test_run_summary_has_a_steady_state_throughput(tmp_path):
+def test_run_summary_has_a_steady_state_throughput(tmp_path, monkeypatch):
     # what bench/scale.sh compares across GPU counts: images/s over the log steps after the first 10 steps
-    # (start-up and compilation excluded), next to the whole-session figure
-    s = train(get_recipe(NAME).with_overrides(["train.log_every=2"]), tmp_path / "run", steps=16, progress=False)
-    assert s["steady_steps"] == 6 and s["steady_images_per_second"] > 0 and s["startup_seconds"] > 0
+    # (start-up and compilation excluded), next to the whole-session figure. A fake clock (a step takes
+    # 0.5 s; the first, "compiling", 5 s more) makes every figure exact.
+    from cmlite.training import Trainer
+    now, step = [0.0], Trainer.train_step
+
+    def timed_step(tr):
+        rec = step(tr)
+        now[0] += 0.5 + 5.0 * (tr.step == 1)
+        return rec
+    monkeypatch.setattr(Trainer, "train_step", timed_step)
+    r = get_recipe(NAME).with_overrides(["train.log_every=2"])
+    s = train(r, tmp_path / "run", steps=16, progress=False, clock=lambda: now[0])
+    B = r.train.batch_size
+    assert s["steady_steps"] == 6 and s["steady_images_per_second"] == pytest.approx(6 * B / (6 * 0.5))
+    assert s["images_per_second"] == pytest.approx(16 * B / (16 * 0.5 + 5))
+    assert s["startup_s"] == pytest.approx(5.5) and s["startup_seconds"] == pytest.approx(10 * 0.5 + 5)
     assert json.loads((tmp_path / "run" / "recipe.json").read_text())["steady_steps"] == 6

@@ -150,6 +150,23 @@ def test_gpu_recipes_default_to_auto_and_forcing_cuda_without_a_gpu_says_what_to
             train(r, tmp_path / "run", steps=1, progress=False)
 
 
+def test_a_gpu_recipe_trains_on_this_cpu_without_overrides(tmp_path, monkeypatch):
+    # `cmlite train mnist-teacher` on a machine without a GPU: 'auto' gives cpu, fp32, no compile. MNIST
+    # itself is replaced by 28x28 synthetic images and the final grid by a stub (the test is about the
+    # settings); batch 4 keeps the CPU step short.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)   # as on a machine without a GPU
+    monkeypatch.setattr(devices, "mps_available", lambda: False)
+    from cmlite.image.data import synthetic_dataset
+    monkeypatch.setattr(run_mod, "load_train_test", lambda *a, **k: (
+        synthetic_dataset(16, channels=1, resolution=28, num_classes=4, seed=0), None))
+    monkeypatch.setattr(run_mod, "sample_images", lambda model, info, n, **k: torch.zeros(n, *info["shape"],
+                                                                                            dtype=torch.uint8))
+    s = train(get_recipe("mnist-teacher").with_overrides(["train.batch_size=4"]), tmp_path / "run", steps=1,
+              progress=False)
+    t = s["recipe"]["train"]
+    assert (t["device"], t["precision"], t["compile"], s["device"]) == ("cpu", "fp32", False, "cpu")
+
+
 def _toy(precision="fp16", steps=10, seed=0, inf_at=()):
     """A small CT run on 2D data; its gradients are made inf at the steps in ``inf_at`` (a planted overflow)."""
     torch.manual_seed(seed)

@@ -45,8 +45,9 @@ class Recipe:
     ``distance``: 'l2', 'l1', 'pseudo_huber' (any callable when the loss is built by hand).
     Continuous time (:mod:`cmlite.continuous`; no N-point grid, no target EMA):
     cCT (:class:`~cmlite.continuous.ContinuousCTLoss`): ``weighting``, ``time_sampling`` ('uniform' u on the
-    Karras map, or 'lognormal' with weighting 'ict': improved CT's limit), ``tangent_c`` (None: the tangent
-    unnormalised, CM's Appendix B.3 form; c: g / (||g|| + c)). sCT (:class:`~cmlite.continuous.SCTLoss`):
+    Karras map with a lambda name, or 'lognormal' with weighting 'ict' (w = 1) or 'ict_huber'; tiny-cct:
+    lognormal, 'ict'), ``tangent_c`` (None: the tangent unnormalised, CM's Appendix B.3 form with
+    weighting='uniform', time_sampling='uniform'; c: g / (||g|| + c)). sCT (:class:`~cmlite.continuous.SCTLoss`):
     a TrigFlow model with the adaptive weight, tangent normalisation ``tangent_c``, tangent warm-up over the
     first ``tangent_warmup`` fraction of the K steps; trained from scratch (``init_from_teacher`` must stay
     off: a TrigFlow network outputs -F of an EDM one at another time input). ECT
