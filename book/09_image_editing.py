@@ -363,7 +363,8 @@ from cmlite.image.fid import FIDScorer                    # noqa: E402
 
 searches = {}
 for w in worlds:
-    scorer = FIDScorer(classifier_features(w["clf"]), w["train"].images, DEVICE, batch_size=1000)
+    reference = w["train"].images if BIG else w["train"].images[:2048]   # a CPU: at most 2048 reference images
+    scorer = FIDScorer(classifier_features(w["clf"]), reference, DEVICE, batch_size=1000)
     t0 = time.monotonic()
     s = search_times(w["cm"], w["info"], scorer, n_steps=3, n=N_SEARCH, iters=ITERS, device=DEVICE)
     searches[w["name"]] = s

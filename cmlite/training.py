@@ -414,9 +414,10 @@ class Trainer:
         n = self.step - start_step
         if self.scaler is not None and n > 0 and self._skip_streak >= n:
             warnings.warn(f"fp16 loss scaling skipped all {n} steps of this run (steps {start_step} to "
-                          f"{self.step - 1}): the gradients held inf or NaN, and the weights did not change. "
-                          "Train with precision='fp32' (or 'bf16'), or check the loss and data.",
-                          RuntimeWarning, stacklevel=3)
+                          f"{self.step - 1}): their gradients held inf or NaN, and the weights did not change. "
+                          "The scale starts at 2^16 and halves at each such step, so a healthy run skips only "
+                          "its first few; otherwise train with precision='fp32' (or 'bf16'), or check the loss "
+                          "and data.", RuntimeWarning, stacklevel=3)
 
     def steps(self, n: int | None = None) -> Iterator[dict]:
         """Generator: run n steps (default: up to config.steps), yielding each step's record."""

@@ -29,7 +29,7 @@ NAME = "tiny-ct"           # tiny U-Net, dropout 0 (dropout masks are per proces
 OVERRIDES = [f"train.batch_size={2 * B}"]
 
 WORKER = r"""
-import json, os, sys, time, torch
+import json, os, sys, torch
 torch.set_num_threads(1)
 import cmlite.training
 from cmlite.image.recipes import get_recipe

@@ -3,7 +3,6 @@ depends on how fast the machine is), step-count inputs, precision and device 'au
 (trained, resumed exactly, skipped steps counted and reported), the mps generator, thread settings and the
 compile cache."""
 import json
-import math
 import warnings
 
 import pytest
@@ -135,19 +134,19 @@ def test_auto_resolution_on_this_cpu_and_on_mocked_cards(monkeypatch):
     assert devices.resolve_precision("auto", torch.device("mps")) == "fp32"
 
 
-def test_gpu_recipes_default_to_auto_and_forcing_cuda_without_a_gpu_says_what_to_do(tmp_path):
+def test_gpu_recipes_default_to_auto_and_forcing_cuda_without_a_gpu_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)   # as on a machine without a GPU
+    monkeypatch.setattr(devices, "mps_available", lambda: False)
     for name in ("mnist-teacher", "cifar10-ct"):
         t = get_recipe(name).train
         assert (t.device, t.precision, t.compile) == ("auto", "auto", "auto")
     cfg = TrainConfig(device="auto", precision="auto", compile="auto", steps=1, batch_size=8)
     tr = Trainer(cm.ConsistencyModel(cm.MLP(2, 16, 1)), cm.ConsistencyTrainingLoss(), cm.ring_mixture(), cfg,
                  cm.CTSchedule(K=1))
-    if not torch.cuda.is_available() and not devices.mps_available():
-        assert (cfg.device, cfg.precision, cfg.compile) == ("cpu", "fp32", False) and tr.scaler is None
-    if not torch.cuda.is_available():
-        r = get_recipe("tiny-ct").with_overrides(["train.device='cuda'"])
-        with pytest.raises(devices.NoGPUError, match="auto"):
-            train(r, tmp_path / "run", steps=1, progress=False)
+    assert (cfg.device, cfg.precision, cfg.compile) == ("cpu", "fp32", False) and tr.scaler is None
+    r = get_recipe("tiny-ct").with_overrides(["train.device='cuda'"])
+    with pytest.raises(devices.NoGPUError, match="torch sees no CUDA GPU. Leave the device at 'auto'"):
+        train(r, tmp_path / "run", steps=1, progress=False)
 
 
 def test_a_gpu_recipe_trains_on_this_cpu_without_overrides(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ Recipes are dataclass configs (:mod:`cmlite.image.recipes`); ``--set`` changes a
 Every image command takes ``--threads`` (torch's CPU threads; default ``$CMLITE_THREADS``, else
 :data:`cmlite.threads.IMAGE_THREADS`). Bad input (a wrong --set value, a folder that is not a run, a
 damaged file, an unwritable folder) ends with one line ``cmlite CMD: error: ...`` and exit status 2 (1 for
-an input/output failure such as a full disk); SIGTERM or Ctrl-C with a message and status 128 + signal.
+a failure while running: a full disk, a diverged loss); SIGTERM or Ctrl-C with a message and status 128 + signal.
 Multi-GPU: the same train command under ``torchrun --nproc-per-node G -m cmlite train ...``.
 """
 from __future__ import annotations
@@ -296,6 +296,6 @@ def run_image_command(args) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, NotACheckpointError) as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # a full disk, a folder that cannot be written
+    except (OSError, FloatingPointError) as e:  # a full disk, an unwritable folder; a diverged run (NaN loss)
         print(f"{name}: error: {e}", file=sys.stderr)
         return 1

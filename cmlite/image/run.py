@@ -277,13 +277,12 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
             try:
                 save_weights(trainer.ema, out / WEIGHTS)
                 _write_json(out / "history.json", trainer.history)
-                summary["wall_seconds"] = clock() - t_start
-                _write_json(out / RECIPE_FILE, summary)
                 if draw:
                     imgs = sample_images(trainer.ema, summary, GRID_IMAGES,
                                          steps=1 if recipe.method != "teacher" else 18, device=device, seed=0)
                     save_png(out / "samples.png", make_grid(imgs, nrow=8))
-                    summary["wall_seconds"] = clock() - t_start
+                summary["wall_seconds"] = clock() - t_start   # to here; the process ends a moment later
+                _write_json(out / RECIPE_FILE, summary)       # last: status 'done' means every file is there
             except OSError as e:
                 raise OSError(e.errno, f"cannot write the run's files in {out}: {e.strerror or e}. The checkpoint "
                                        f"{ckpt_path} is complete: free some space and run again with --resume "
