@@ -78,7 +78,7 @@ N_TEACHER = 200 if BIG else (8 if FAST else 32)        # images the (expensive) 
 BASELINE_N = 18 if BIG else (6 if FAST else 12)        # grid points of each teacher ODE solve
 N_SEARCH = 2000 if BIG else (64 if FAST else 512)      # samples per FID evaluation of the time search
 ITERS = 6 if BIG else (2 if FAST else 5)               # ternary-search iterations per time point
-CLF_STEPS = None if BIG else (100 if FAST else 500)    # training steps of a real data set's classifier (None: 2000+)
+CLF_STEPS = 100 if FAST else 500                       # steps of a narrow classifier trained here (no cached one)
 print(f"fast mode: {FAST}; device {DEVICE}; {N_METRIC} images per number, teacher baseline on {N_TEACHER} "
       f"(N = {BASELINE_N} per call)")
 
@@ -112,19 +112,26 @@ def tiny_world() -> dict:
     print(f"classifier test accuracy {acc:.3f}")
     return {"name": "shapes", "cm": load_run(root / "shapes-cd")[0], "info": load_run(root / "shapes-cd")[1],
             "teacher": load_run(root / "shapes-teacher")[0], "eval": held_out, "train": train_set, "clf": clf,
-            "note": "synthetic shapes that the models never saw (another seed)"}
+            "note": "synthetic shapes that the models never saw: another seed"}
 
 
-def real_world(ds: str, runs: Path, cache: Path) -> dict | None:
-    """The runs <runs>/<ds>-cd and <runs>/<ds>-teacher, with held-out images and the data set's classifier
-    (trained once, kept in ``cache``). FileNotFoundError when the data set's files are not here."""
+def real_world(ds: str, runs: Path, cache: Path | None) -> dict | None:
+    """The runs <runs>/<ds>-cd and <runs>/<ds>-teacher, with held-out images and the data set's classifier:
+    the one `cmlite eval` trains and keeps in ``cache``, or (``cache=None``) a narrow one trained here in
+    CLF_STEPS steps, which a CPU manages in a minute or two. FileNotFoundError when the data set's files are
+    not here."""
     if not all((runs / f"{ds}-{m}" / "recipe.json").is_file() for m in ("cd", "teacher")):
         return None
     from cmlite.image.evaluate import get_classifier
     cm, info = load_run(runs / f"{ds}-cd", DEVICE)
     recipe = Recipe.from_dict(info["recipe"])
     train_set, test = load_train_test(recipe)
-    clf, _ = get_classifier(recipe, train_set, test, cache, DEVICE, steps=CLF_STEPS)
+    if cache is not None:
+        clf, _ = get_classifier(recipe, train_set, test, cache, DEVICE)
+    else:
+        from cmlite.image.classifier import train_classifier
+        clf, acc = train_classifier(train_set, test, steps=CLF_STEPS, batch_size=128, width=32, device=DEVICE, seed=0)
+        print(f"{ds} classifier ({CLF_STEPS} steps): test accuracy {acc:.3f}")
     # an evenly spaced subset of the unseen images: MNIST's test split, CIFAR-10's held-out training images
     held_out, note = test.subset(torch.arange(N_METRIC) * (len(test) // N_METRIC)), test.source
     if info.get("train_images") not in (None, len(train_set)):
@@ -140,7 +147,7 @@ if RUNS:
 else:
     worlds = []
     try:
-        worlds = [w for w in [real_world("mnist", PRETRAINED, OUT)] if w is not None]
+        worlds = [w for w in [real_world("mnist", PRETRAINED, None)] if w is not None]
     except FileNotFoundError as e:
         print(f"pretrained MNIST models in {PRETRAINED}, but no MNIST files here ({str(e).splitlines()[0]})")
     if worlds:
@@ -154,8 +161,8 @@ for w in worlds:
     n = len(w["x"])
     w["t_idx"] = torch.arange(min(N_TEACHER, n)) * (n // min(N_TEACHER, n))   # the teacher's images, spread out
     w["cols"] = w["t_idx"][torch.linspace(0, len(w["t_idx"]) - 1, COLS).round().long()]
-    print(f"{w['name']}: {n} held-out {w['note']}, shape {tuple(w['x'].shape[1:])}; classifier accuracy on them "
-          f"{E.classifier_accuracy(w['clf'], w['x'], w['labels']):.3f}")
+    print(f"{w['name']}: {n} held-out images ({w['note']}), shape {tuple(w['x'].shape[1:])}; classifier accuracy "
+          f"on them {E.classifier_accuracy(w['clf'], w['x'], w['labels']):.3f}")
 
 
 for w in worlds:
