@@ -81,7 +81,7 @@ for r in json.loads((out / "eval.json").read_text()):
     m, seed = name[:-3], name[-2:]
     runs[m][seed] = [row["fid_classifier"] for row in r["rows"]]
     info = json.loads((Path(r["run"]) / "recipe.json").read_text())
-    secs[m][seed] = info.get("train_seconds_this_process", info.get("train_seconds_this_session"))
+    secs[m][seed] = info.get("train_seconds_this_process")
     floor = r["floors"]["classifier"]["fid"]
     n = r["n"]
 summary = {"floor": floor, "n": n, "fid": runs, "train_seconds": secs,

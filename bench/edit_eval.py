@@ -1,4 +1,4 @@
-"""Zero-shot editing and multistep time search on trained image models, measured (issue 8).
+"""Zero-shot editing and multistep time search on trained image models, measured.
 
 For each data set, given its run folders (a teacher and one or more consistency models distilled / trained
 on it), on held-out real images:

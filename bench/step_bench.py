@@ -261,7 +261,7 @@ def count_syncs(fn, device) -> tuple[int | None, list[str]]:
 
 
 def time_fn(fn, device, steps: int, repeats: int) -> tuple[list[float], list[float]]:
-    """Per-call device time (CUDA events) and host enqueue time of ``repeats`` runs of ``steps`` calls."""
+    """Per-call GPU time (CUDA events) and host enqueue time of ``repeats`` runs of ``steps`` calls."""
     dev, host = [], []
     for _ in range(repeats):
         sync(device)
@@ -293,7 +293,7 @@ KERNEL_CLASSES = (("attention", ("flash", "fmha", "attention", "attn")),
 
 
 def profile(fn, device, steps: int = 2) -> dict:
-    """Device time by kernel (torch.profiler) over ``steps`` calls: the top kernels and a rough split by class
+    """GPU time by kernel (torch.profiler) over ``steps`` calls: the top kernels and a rough split by class
     (on a CPU: self CPU time by operator, to check this code)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile as prof

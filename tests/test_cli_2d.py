@@ -1,4 +1,4 @@
-"""The 2D command line (`cmlite demo`, `cmlite theorem`) and the thread helper (issue 9, items 1 and 2)."""
+"""The 2D command line (`cmlite demo`, `cmlite theorem`) and the thread helper."""
 import pytest
 import torch
 

@@ -168,7 +168,7 @@ def test_ranks_stop_a_time_budget_at_the_same_step(tmp_path):
 
 def test_run_summary_has_a_steady_state_throughput(tmp_path, monkeypatch):
     # what bench/scale.sh compares across GPU counts: images/s over the log steps after the first 10 steps
-    # (start-up and compilation excluded), next to the whole-session figure. A fake clock (a step takes
+    # (start-up and compilation excluded), next to the whole-process figure. A fake clock (a step takes
     # 0.5 s; the first, "compiling", 5 s more) makes every figure exact.
     from cmlite.training import Trainer
     now, step = [0.0], Trainer.train_step

@@ -1,4 +1,4 @@
-"""Behaviours that the independent review (issue 9) found no fast test for, and its error-message fixes.
+"""Behaviours that an independent review found no fast test for, and its error-message fixes.
 
 Each test was checked to fail when the behaviour is broken (the mutation is named in its docstring).
 """

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Full-budget image runs on one GPU, one stage per call of at most 10 minutes; the run folders, the data and
-# the compile cache stay under /root on the machine between calls while it is up.
+# Full-budget image runs on one GPU, one stage per command of at most 10 minutes; the run folders, the data
+# and the compile cache stay in a work folder between stages (WORK, default runs/gpu-work).
 #   bash bench/gpu/runs.sh STAGE OUTDIR
 #   m1  MNIST: teacher (4 min) then CD (4.5 min), beside iCT (8.5 min) on the same GPU; 10k one- and two-step
 #       samples of each consistency model; needs mnist_uint8.npz and the first part of the Inception weights
@@ -14,11 +14,12 @@
 # into OUTDIR/STAGE.tgz.
 set -uo pipefail
 STAGE=$1; DEST=$(realpath -m "$2"); mkdir -p "$DEST"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 CMLITE_DATA=/root/stash CMLITE_INCEPTION=/root/stash/default_1.pt
-export TORCHINDUCTOR_CACHE_DIR=/root/inductor NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-S=/root/stash R=/root/runs L=/root/logs/$STAGE
+W=$(realpath -m "${WORK:-runs/gpu-work}"); mkdir -p "$W"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 CMLITE_DATA=$W/stash CMLITE_INCEPTION=$W/stash/default_1.pt
+export TORCHINDUCTOR_CACHE_DIR=$W/inductor NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+S=$W/stash R=$W/runs L=$W/logs/$STAGE
 mkdir -p $S $R $L
-pack() { (cd /root && tar czf "$DEST/$STAGE.tgz" --exclude='checkpoint.pt' --exclude='*.tmp' --exclude='*.npz' --exclude='*.safetensors' logs runs 2>/dev/null); ls -la "$DEST"; }
+pack() { (cd "$W" && tar czf "$DEST/$STAGE.tgz" --exclude='checkpoint.pt' --exclude='*.tmp' --exclude='*.npz' --exclude='*.safetensors' logs runs 2>/dev/null); ls -la "$DEST"; }
 trap pack EXIT
 for d in .gpu/*/; do cp -n $d* $S/ 2>/dev/null; done
 if [ -f $S/inc_aa ] && [ -f $S/inc_ab ] && [ ! -f $S/default_1.pt ]; then
@@ -45,22 +46,22 @@ case $STAGE in
       wait; SAMPLES mnist-cd mnist-ict; tail -n 3 $L/train-*.log ;;
   m2) for r in mnist-teacher mnist-cd mnist-ict; do E $r --inception yes; done
       for c in cold warm; do
-        [ $c = cold ] && export TORCHINDUCTOR_CACHE_DIR=/root/inductor-startup && rm -rf /root/inductor-startup
-        s=$(ms); python -m cmlite train mnist-ict --steps 1 --out /root/startup-$c --set train.log_every=1 \
+        [ $c = cold ] && export TORCHINDUCTOR_CACHE_DIR=$W/inductor-startup && rm -rf $W/inductor-startup
+        s=$(ms); python -m cmlite train mnist-ict --steps 1 --out $W/startup-$c --set train.log_every=1 \
           > $L/startup-$c.log 2>&1; echo "startup $c $(( $(ms) - s )) ms" | tee -a $L/startup.txt
       done ;;
   m3) T mnist-sct --minutes ${MIN_SCT:-6.5} & T mnist-ect --minutes ${MIN_ECT:-6.5} & wait
       SAMPLES mnist-sct mnist-ect
       for r in mnist-sct mnist-ect; do E $r --inception no; done
-      python - "$DEST" <<'PY'
+      python - "$DEST" "$R" <<'PY'
 import os, sys, numpy as np
 from safetensors.torch import load_file, save_file
 for r in ("mnist-sct", "mnist-ect"):
     for k in (1, 2):
-        f = f"/root/runs/{r}/samples-{k}.npz"
+        f = f"{sys.argv[2]}/{r}/samples-{k}.npz"
         if os.path.exists(f):
             np.savez_compressed(f"{sys.argv[1]}/{r}-samples-{k}.npz", images=np.load(f)["images"])
-    w = f"/root/runs/{r}/ema.safetensors"
+    w = f"{sys.argv[2]}/{r}/ema.safetensors"
     if os.path.exists(w):
         save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(w).items()},
                   f"{sys.argv[1]}/{r}-ema-fp16.safetensors")
