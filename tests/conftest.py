@@ -1,6 +1,19 @@
 import os
 
+import pytest
 import torch
 
 # Small tensors: one thread avoids OpenMP oversubscription on 2-core CI machines.
 torch.set_num_threads(int(os.environ.get("CMLITE_TEST_THREADS", "1")))
+
+
+@pytest.fixture
+def isolated_data_roots(tmp_path, monkeypatch):
+    """No default data root of the user's machine is searched: cwd, HOME and CMLITE_DATA all point into
+    tmp_path, and Debian's Fashion-MNIST folder is hidden (for tests of the image data loaders)."""
+    from cmlite.image import data as D
+    monkeypatch.delenv("CMLITE_DATA", raising=False)
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")

@@ -39,14 +39,8 @@ def _check(d, x, y, name):
     assert np.array_equal(d.images[:, 0].numpy(), x) and np.array_equal(d.labels.numpy(), y)
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """No default root of the user's machine is searched: cwd, HOME and CMLITE_DATA all point into tmp_path."""
-    monkeypatch.delenv("CMLITE_DATA", raising=False)
-    (tmp_path / "home").mkdir()
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+# no default data root of the machine is searched (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("isolated_data_roots")
 
 
 # ------------------------------------------------------------------------------------------------ loaders

@@ -11,19 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cmlite.image import data as D
 from cmlite.image import edit as E
 from cmlite.image.data import check_images, load_dataset, read_images, save_npz
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Only tmp_path is searched for data (cwd, HOME and CMLITE_DATA point into it)."""
-    monkeypatch.delenv("CMLITE_DATA", raising=False)
-    (tmp_path / "home").mkdir()
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+# no default data root of the machine is searched (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("isolated_data_roots")
 
 
 def _truncate(path, keep=0.5):
