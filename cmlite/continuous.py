@@ -34,7 +34,8 @@ from torch import Tensor
 import torch.autograd.forward_ad as fwAD
 
 from ._checks import append_dims
-from .losses import draw, get_distance, lambda_weight
+from .devices import device_rng_state, set_device_rng_state
+from .losses import check_teacher, draw, get_distance, lambda_weight
 from .parameterization import trigflow_c_noise
 from .schedules import EPS, RHO, SIGMA_DATA, T_MAX
 
@@ -68,19 +69,18 @@ def truncated_lognormal(B: int, P_mean: float, P_std: float, lo: float, hi: floa
 
 
 class _RNGState:
-    """The global RNG state (CPU, and the device's on CUDA) at construction; :meth:`restore` rewinds to it,
+    """The global RNG state (CPU, and the device's on CUDA or mps) at construction; :meth:`restore` rewinds to it,
     so that two forward passes draw the same dropout masks (ECT's shared mask; the JVP and the online
     pass of the continuous losses differentiate the same function)."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.cpu = torch.get_rng_state()
-        self.dev = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        self.dev = device_rng_state(device)
 
     def restore(self) -> None:
         torch.set_rng_state(self.cpu)
-        if self.dev is not None:
-            torch.cuda.set_rng_state(self.dev, self.device)
+        set_device_rng_state(self.device, self.dev)
 
 
 def _unwrap(model):
@@ -224,9 +224,7 @@ class ContinuousCDLoss(ContinuousConsistencyLoss):
     solver: its order does not matter in the limit)."""
 
     def __init__(self, teacher: Callable, **kw):
-        if isinstance(teacher, Tensor) or not callable(teacher):
-            raise TypeError("teacher must be a callable denoiser D(x, t) -> x_0 estimate (e.g. a GaussianMixture, "
-                            f"an EDMDenoiser or cmlite.toys.EmpiricalDenoiser); got {type(teacher).__name__}")
+        check_teacher(teacher)
         super().__init__(**kw)
         self.teacher = teacher
 

@@ -102,6 +102,17 @@ def lambda_weight(name: str, t_n: Tensor, t_np1: Tensor, sigma_data: float = SIG
 
 
 # ---------------------------------------------------------------- the losses
+def check_teacher(teacher) -> None:
+    """Raise a TypeError that says what to pass unless ``teacher`` is a callable denoiser D(x, t)."""
+    if isinstance(teacher, Tensor):
+        raise TypeError("teacher must be a denoiser D(x, t), not a Tensor of data; for the exact denoiser of a "
+                        "finite data set use cmlite.toys.EmpiricalDenoiser(data) (or train one with "
+                        "cmlite.DenoisingScoreMatchingLoss)")
+    if not callable(teacher):
+        raise TypeError(f"teacher must be a callable denoiser D(x, t) -> x_0 estimate (e.g. a GaussianMixture, "
+                        f"an EDMDenoiser or cmlite.toys.EmpiricalDenoiser); got {type(teacher).__name__}")
+
+
 class _ConsistencyLoss:
     """Shared machinery: the Karras grid, the index distribution, and the loss of Algorithms 2/3."""
 
@@ -185,13 +196,7 @@ class ConsistencyDistillationLoss(_ConsistencyLoss):
     Paper's CIFAR-10 recipe: Heun, N = 18, LPIPS, uniform weighting, mu = 0."""
 
     def __init__(self, teacher: Denoiser, solver: str = "heun", **kw):
-        if isinstance(teacher, Tensor):
-            raise TypeError("teacher must be a denoiser D(x, t), not a Tensor of data; for the exact denoiser of a "
-                            "finite data set use cmlite.toys.EmpiricalDenoiser(data) (or train one with "
-                            "cmlite.DenoisingScoreMatchingLoss)")
-        if not callable(teacher):
-            raise TypeError(f"teacher must be a callable denoiser D(x, t) -> x_0 estimate (e.g. a GaussianMixture, "
-                            f"an EDMDenoiser or cmlite.toys.EmpiricalDenoiser); got {type(teacher).__name__}")
+        check_teacher(teacher)
         super().__init__(**kw)
         self.teacher, self.solver = teacher, solver
         self.step = get_solver(solver)

@@ -478,10 +478,10 @@ class Trainer:
                     if minutes is not None:
                         post["left"] = f"{max(minutes * 60 - (now - t0), 0) / 60:.1f}min"
                     bar.set_postfix(post, refresh=False)
-                    out_of_time = False
-                    if budget is not None:  # would the next log_every steps end past the budget?
+                    out_of_time = False  # one process stopped above, after the step that used up the budget
+                    if budget is not None and self.world_size > 1:  # would the next log_every steps end past it?
                         rate = (now - last_log) / max(self.step - last_log_step, 1)
-                        out_of_time = now - t0 + (every * rate if self.world_size > 1 else 0) >= budget
+                        out_of_time = now - t0 + every * rate >= budget
                     last_log, last_log_step = now, self.step
                     if self.world_size > 1:  # the ranks' clocks and signals differ: all stop at the same step
                         out_of_time, signalled = self._any_rank(out_of_time, stop["signal"] is not None)
