@@ -15,8 +15,9 @@
 #                    recipe distils the same data set's *-teacher run) trains in a background process
 #   wait SECONDS     until every chain has finished, or SECONDS have passed; progress every minute
 #   eval RUN...      `cmlite eval` of runs of one data set (Inception and classifier FID, 1- and 2-step or
-#                    the teacher's grids, samples written as npz of at most 15 MiB each)
-#   startup RECIPE...  start-up of `cmlite train RECIPE --steps 1` with an empty, then the filled compile cache
+#                    the teacher's grids, samples written as npz of at most EVAL_MB = 15 MiB each)
+#   startup RECIPE...  `cmlite train RECIPE --steps 300` with an empty compile cache, with the filled cache, and
+#                    eager: the whole command's time, the first step's, and the steady images/s
 #   copy PATH...     files of the work folder (relative to its runs/ folder) copied to OUTDIR, '/' -> '-'
 #   fp16 RUN...      a run's EMA weights as fp16 safetensors in OUTDIR (RUN-ema-fp16.safetensors)
 # Data and weights come from the folders prepared by `bash bench/gpu/prepare.sh` (a .gpu/ folder in the checkout).
@@ -104,16 +105,19 @@ PY
       echo "--- $(date +%T) still running: $(ls $W/chains 2>/dev/null | grep running | tr '\n' ' ')"
       tail -q -n 2 $W/logs/*/train-*.log ;;
   eval) shift 2; runs=(); for r in "$@"; do runs+=($R/$r); done; echo "=== eval $* $(date +%T)"
-      python -m cmlite eval "${runs[@]}" --cache $R ${EVAL_ARGS:---inception yes} --save-samples-mb 15 > $L/eval-$1.txt \
+      python -m cmlite eval "${runs[@]}" --cache $R ${EVAL_ARGS:---inception yes} --save-samples-mb ${EVAL_MB:-15} > $L/eval-$1.txt \
         2> $L/eval-$1.err; echo "eval rc $? $(date +%T)"; cat $L/eval-$1.txt; tail -n 3 $L/eval-$1.err ;;
   startup) shift 2
       for name in "$@"; do extra=(); case $name in *-cd) extra=(--teacher $R/${name%-cd}-teacher) ;; esac
-        for c in cold warm; do
-          [ $c = cold ] && rm -rf $W/inductor-startup-$name
-          s=$(ms); python -m cmlite train $name --steps 1 --out $W/startup-$c-$name --set train.log_every=1 \
-            --cache-dir $W/inductor-startup-$name "${extra[@]}" > $L/startup-$c-$name.log 2>&1
+        for c in cold warm eager; do
+          [ $c = cold ] && rm -rf $W/inductor-startup-$name; rm -rf $W/startup-$c-$name
+          s=$(ms); python -m cmlite train $name --steps ${STARTUP_STEPS:-300} --out $W/startup-$c-$name \
+            --cache-dir $W/inductor-startup-$name "${extra[@]}" $([ $c = eager ] && echo --set train.compile=False) \
+            > $L/startup-$c-$name.log 2>&1
           first=$(tr '\r' '\n' < $L/startup-$c-$name.log | grep -o 'first training step done [0-9.]* s' | head -n 1)
-          echo "startup $name $c $(( $(ms) - s )) ms ($first)" | tee -a $L/startup.txt
+          speed=$(python -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['steady_images_per_second'])" \
+            $W/startup-$c-$name/recipe.json 2>/dev/null)
+          echo "startup $name $c: whole command $(( $(ms) - s )) ms, $first, steady $speed images/s" | tee -a $L/startup.txt
         done; done ;;
   copy) shift 2; for f in "$@"; do cp $R/$f "$DEST/$(echo $f | tr '/' '-')"; done; ls -la "$DEST" ;;
   fp16) shift 2; python - "$DEST" "$R" "$@" <<'PY'
