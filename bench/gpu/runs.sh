@@ -13,7 +13,8 @@
 # machine stays up; every stage below can be given again, in a later command):
 #   start CHAIN...   each CHAIN ("recipe:minutes recipe:minutes ...", run one after the other; a *-cd
 #                    recipe distils the same data set's *-teacher run) trains in a background process
-#   wait SECONDS     until every chain has finished, or SECONDS have passed; progress every minute
+#   wait SECONDS     until every chain (WAIT_FOR=prefix: every chain whose first recipe starts so) has
+#                    finished, or SECONDS have passed; progress every minute
 #   eval RUN...      `cmlite eval` of runs of one data set (Inception and classifier FID, 1- and 2-step or
 #                    the teacher's grids, samples written as npz of at most EVAL_MB = 15 MiB each)
 #   startup RECIPE...  `cmlite train RECIPE --steps 300` with an empty compile cache, with the filled cache, and
@@ -97,7 +98,7 @@ PY
         T $name --minutes $min "${extra[@]}"
       done; rm -f $W/chains/$3.running ;;
   wait) t0=$(date +%s); n=0
-      while ls $W/chains/*.running > /dev/null 2>&1 && [ $(( $(date +%s) - t0 )) -lt $3 ]; do
+      while ls $W/chains/${WAIT_FOR:-}*.running > /dev/null 2>&1 && [ $(( $(date +%s) - t0 )) -lt $3 ]; do
         sleep 5; n=$((n + 1))
         if [ $((n % 12)) = 0 ]; then echo "--- $(date +%T) running: $(ls $W/chains | grep running | tr '\n' ' ')"
           for f in $W/logs/*/train-*.log; do echo "$(basename $f): $(tail -n 1 $f | cut -c1-150)"; done; fi
