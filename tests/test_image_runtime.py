@@ -66,7 +66,7 @@ def test_budget_bounds_the_whole_run_with_calibration_and_data_loading(minutes, 
     assert clock.t <= budget + 2.5, f"the run took {clock.t} fake seconds of a {budget}-second budget"
     assert s["calibrated_seconds_per_step"] == pytest.approx(2.5) and s["calibration_steps"] == cal_steps
     assert s["steps"] == s["K"] and s["startup_s"] == pytest.approx(data_s + 2.5)
-    assert (tmp_path / "run" / "samples.png").is_file() == grid
+    assert (tmp_path / "run" / "samples.png").is_file() == grid == s["samples_png"]
     if grid:   # the budget was used: less than a step and the grid's rounding left over
         assert clock.t >= budget - 2.5
     err = capsys.readouterr().err
@@ -274,3 +274,15 @@ def test_compile_cache_folder(monkeypatch, tmp_path):
     assert devices.compile_cache(tmp_path / "given") == str(tmp_path / "given")   # --cache-dir wins
     from torch._inductor.runtime.cache_dir_utils import cache_dir
     assert cache_dir() == str(tmp_path / "given")   # where Inductor will write
+
+
+@pytest.mark.parametrize("drawn", [True, False])
+def test_the_final_line_names_samples_png_only_when_it_was_drawn(drawn, tmp_path, monkeypatch, capsys):
+    # A budget with no room for the grid leaves no samples.png; the last line must not point at one.
+    import cmlite.image.run as run_mod
+    summary = {"steps": 3, "images_per_second": 10.0, "device": "cpu", "samples_png": drawn}
+    monkeypatch.setattr(run_mod, "train", lambda *a, **k: summary)
+    assert main(["train", "tiny-ct", "--out", str(tmp_path / "r"), "--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert ("samples in" in out) == drawn and ("no samples.png" in out) != drawn
+    assert drawn or f"cmlite sample {tmp_path / 'r'}" in out

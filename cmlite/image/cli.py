@@ -145,7 +145,9 @@ def _train(args) -> int:
               f"{summary['device']}{world}" + (f" ({steady:.0f} after start-up)" if steady else "") +
               (f", first step {first:.1f} s after the start" if first is not None else "") +
               (f", {skipped} steps skipped by fp16 loss scaling" if skipped else "") +
-              f"; weights in {out / 'ema.safetensors'}, samples in {out / 'samples.png'}")
+              f"; weights in {out / 'ema.safetensors'}" +
+              (f", samples in {out / 'samples.png'}" if summary.get("samples_png", True) else
+               f"; no samples.png (the budget had no room for it): `cmlite sample {out}` draws them"))
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0

@@ -281,6 +281,7 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
                     imgs = sample_images(trainer.ema, summary, GRID_IMAGES,
                                          steps=1 if recipe.method != "teacher" else 18, device=device, seed=0)
                     save_png(out / "samples.png", make_grid(imgs, nrow=8))
+                summary["samples_png"] = draw
                 summary["wall_seconds"] = clock() - t_start   # to here; the process ends a moment later
                 _write_json(out / RECIPE_FILE, summary)       # last: status 'done' means every file is there
             except OSError as e:
