@@ -433,7 +433,8 @@ class Trainer:
             checkpoint_minutes: float = 5.0, callback: Callable[["Trainer"], None] | None = None,
             callback_every: int | None = None) -> dict:
         """Run to ``config.steps`` (or ``steps`` more steps), or until ``minutes`` of wall clock have
-        passed, with a tqdm bar (loss, images/s, time left). Returns the history.
+        passed, with a tqdm bar (loss, images/s, time left). Returns the history. ``config.steps`` is read
+        again after each callback, so a callback may move the end (a refitted time budget).
 
         The time budget is checked after every step (it ends at most one step late). ``checkpoint``: a path
         written atomically every ``checkpoint_minutes``, at the end, and when the process gets SIGTERM or
@@ -443,8 +444,8 @@ class Trainer:
         signals are checked every ``log_every`` steps and agreed over the ranks (one small all-reduce), so
         that every rank stops at the same step; a rank is out of time there when the next ``log_every``
         steps, at the rate of the last ones, would end past the budget."""
-        total = (self.config.steps - self.step) if steps is None else steps
-        end = self.step + max(total, 0)
+        follow = steps is None   # run to config.steps, which a callback may change (a refitted time budget)
+        end = self.config.steps if follow else self.step + max(steps, 0)
         main = self.rank == 0
         stop = {"signal": None}
         handlers = {}
@@ -460,7 +461,7 @@ class Trainer:
         start_step, every = self.step, max(self.config.log_every, 1)
         budget = None if minutes is None else minutes * 60
         last_log_step = start_step
-        bar = tqdm(total=end - self.step, disable=not (progress and main), desc=desc, leave=True)
+        bar = tqdm(total=max(end - self.step, 0), disable=not (progress and main), desc=desc, leave=True)
         try:
             while self.step < end:
                 rec = self.train_step()
@@ -468,6 +469,10 @@ class Trainer:
                 now = self.clock()
                 if callback is not None and callback_every and self.step % callback_every == 0:
                     callback(self)
+                    if follow and self.config.steps != end:
+                        end = self.config.steps
+                        bar.total = max(end - start_step, self.step - start_step)
+                        bar.refresh()
                 if self.world_size == 1 and budget is not None and now - t0 >= budget:
                     break
                 if self.step % every == 0:

@@ -12,7 +12,7 @@ import cmlite as cm
 import cmlite.devices as devices
 import cmlite.image.run as run_mod
 from cmlite.cli import main
-from cmlite.image.budget import CAL_FRACTION, grid_seconds
+from cmlite.image.budget import CAL_FRACTION, RECAL_EVERY, RECAL_TOL, Budget, Recalibrator, grid_seconds
 from cmlite.image.recipes import get_recipe
 from cmlite.image.run import train
 from cmlite.threads import ENV_VAR
@@ -23,13 +23,14 @@ class StepClock:
     """A fake clock: each training step takes ``step_s`` seconds, loading the data ``data_s``, drawing the
     final sample grid what budget.grid_seconds says (the run's own estimate, so that it is tested too)."""
 
-    def __init__(self, monkeypatch, step_s: float, data_s: float = 0.0):
+    def __init__(self, monkeypatch, step_s: float, data_s: float = 0.0, slower_from: tuple[int, float] | None = None):
+        # slower_from = (n, f): from step n on, each step takes f times as long (another job on the GPU)
         self.t, self.step_s = 0.0, step_s
         orig_step, orig_load, orig_sample = Trainer.train_step, run_mod.load_train_test, run_mod.sample_images
 
         def step(tr):
             rec = orig_step(tr)
-            self.t += step_s
+            self.t += step_s * (slower_from[1] if slower_from and tr.step > slower_from[0] else 1.0)
             return rec
 
         def load(*a, **k):
@@ -74,6 +75,47 @@ def test_budget_bounds_the_whole_run_with_calibration_and_data_loading(minutes, 
                  "s per step: K ="):
         assert line in err, err
     assert ("samples.png not drawn" in err) != grid
+
+
+def test_recalibrator_refits_K_to_the_step_time_measured_while_training():
+    # a 20-minute budget from t = 0 (1200 s); K = 240 was calibrated at 5 s a step (240 x 5 s = 1200 s)
+    budget = Budget(20.0, 0.0, clock=lambda: 0.0)
+    assert RECAL_EVERY * budget.total == pytest.approx(120.0) and RECAL_TOL < RECAL_EVERY
+    r = Recalibrator(budget, 240)
+    assert r(20, 100.0) is None                    # opens the first window
+    assert r(30, 150.0) is None                    # 50 s < 120 s: too early to measure
+    assert r(50, 250.0) is None                    # 5 s a step as calibrated: 950 s left fit 190 = 240 - 50
+    assert r(65, 400.0) == 65 + 80                 # 10 s a step (a busier GPU): 800 s left fit 80 steps
+    assert r(80, 550.0) is None                    # still 10 s: K = 145 is right
+    assert r(155, 700.0) == 155 + 250              # 2 s a step (the other job ended): 500 s fit 250 steps
+    # the final grid's time is kept free: at 5 s a step it costs 150 s here, so 800 s fit 160 steps
+    r = Recalibrator(budget, 240, grid_seconds=lambda rate: 30 * rate)
+    assert r(20, 100.0) is None and r(50, 250.0) == 50 + 160
+    assert r(300, 1300.0) == 300                   # past the deadline: no step is added, training stops
+    with pytest.raises(ValueError, match="budget"):
+        Recalibrator(Budget(None, 0.0), 10)
+
+
+def test_a_gpu_that_gets_busier_after_calibration_still_ends_the_schedule_at_the_budget(tmp_path, monkeypatch,
+                                                                                       capsys):
+    # Calibrated at 4 s a step, then (another job starts) 8 s a step: without refitting, the 10-minute run
+    # would stop near step 85 of K = 147 (600 s / 4 s, less the grid), its iCT schedule cut off there.
+    # Refitted, it ends at K within the budget plus one step, and K is what the checkpoint and summary record.
+    clock = StepClock(monkeypatch, step_s=4.0, slower_from=(20, 2.0))
+    s = train(get_recipe("tiny-ict"), tmp_path / "run", minutes=10.0, clock=clock)
+    assert s["calibrated_seconds_per_step"] == pytest.approx(4.0)
+    assert s["steps"] == s["K"], "the run stopped before the end of its schedule"
+    assert 78 <= s["K"] <= 88, s["K"]            # 20 steps at 4 s (80 s), then (600 - 80 - grid) / 8 s
+    assert clock.t <= 600 + 8.0
+    assert "the step time changed" in capsys.readouterr().err
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["meta"]["K"] == s["K"]
+
+
+def test_a_steady_step_time_keeps_the_calibrated_K(tmp_path, monkeypatch, capsys):
+    clock = StepClock(monkeypatch, step_s=4.0)
+    s = train(get_recipe("tiny-ict"), tmp_path / "run", minutes=5.0, clock=clock)
+    assert s["steps"] == s["K"] and "the step time changed" not in capsys.readouterr().err
 
 
 def test_a_step_longer_than_the_budget_stops_after_it_with_a_message(tmp_path, monkeypatch, capsys):

@@ -13,6 +13,11 @@ training steps, kept. If the budget runs out during calibration (one step takes 
 left: a big model on a CPU) training stops after that step, with a message. K then fills what is left
 of the budget, less the estimated time of the final sample grid.
 
+While training, :class:`Recalibrator` measures the step time again every :data:`RECAL_EVERY` of the budget
+and refits K when the step time has changed (another job started or ended on a shared GPU), so that the
+run's schedule ends with its budget instead of being cut off or finished early (one process; under data
+parallelism K stays as calibrated).
+
 The run ends within the budget plus one training step plus the final writes (checkpoint, weights,
 history: a second or two); the sample grid is drawn only where its estimated time fits in what is left
 (else the run says so and ``cmlite sample`` draws it later).
@@ -25,6 +30,8 @@ import time
 from typing import Callable
 
 CAL_FRACTION = 0.1       # each calibration phase uses at most this share of the budget
+RECAL_EVERY = 0.1        # the step time is measured again every this share of the budget while training
+RECAL_TOL = 0.03         # K is refitted when it is off by more than this share of the steps left
 GRID_IMAGES = 64         # the run's final sample grid
 TRAIN_STEP_FORWARDS = 3  # a training step costs at least ~3 forward passes per image (forward + backward)
 
@@ -112,3 +119,36 @@ class Say:
     def __call__(self, msg: str, warning: bool = False) -> None:
         if self.enabled and (warning or not self.quiet):
             print(f"{self.name}: {msg}", file=sys.stderr, flush=True)
+
+
+class Recalibrator:
+    """Refits the step count K to what is left of ``budget`` as the step time changes.
+
+    Call it with (step, clock reading) at steps where the device has been waited for. The first call starts
+    a window. A call at least :data:`RECAL_EVERY` of the budget after the window's start measures the
+    seconds per step over the window, then starts a new one. If the steps that fit in the rest of the budget
+    then differ from what is left of K by more than :data:`RECAL_TOL` of it, it returns the new K: step +
+    (time left - ``grid_seconds(rate)``) / rate. Otherwise it returns None. Times after the deadline give
+    K = step: training stops."""
+
+    def __init__(self, budget: Budget, K: int, grid_seconds: Callable[[float], float] = lambda rate: 0.0):
+        if budget.deadline is None:
+            raise ValueError("Recalibrator needs a time budget (minutes)")
+        self.budget, self.K, self.grid_seconds = budget, int(K), grid_seconds
+        self.t0: float | None = None
+        self.step0 = 0
+
+    def __call__(self, step: int, now: float) -> int | None:
+        if self.t0 is None or step <= self.step0:
+            self.t0, self.step0 = now, step
+            return None
+        if now - self.t0 < RECAL_EVERY * self.budget.total:
+            return None
+        rate = (now - self.t0) / (step - self.step0)
+        self.t0, self.step0 = now, step
+        room = self.budget.deadline - now - self.grid_seconds(rate)
+        K = step + max(int(room / rate), 0)
+        if abs(K - self.K) <= RECAL_TOL * max(self.K - step, 1):
+            return None
+        self.K = K
+        return K

@@ -31,7 +31,7 @@ from ..ode import solve
 from ..devices import compile_cache, resolve_compile, resolve_device, resolve_precision
 from ..training import (ConfigMismatchError, Trainer, TrainingInterrupted, compile_net, init_distributed,
                         load_checkpoint)
-from .budget import GRID_IMAGES, Budget, Say, calibrate, grid_seconds
+from .budget import GRID_IMAGES, Budget, Recalibrator, Say, calibrate, grid_seconds
 from .data import (GPUBatches, ImageData, hold_out_floor, load_dataset, make_grid, save_png, synthetic_dataset,
                    to_uint8)
 from .recipes import RECIPES, Recipe, build, build_net
@@ -229,6 +229,9 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
         # steady-state throughput: (step, time) at the log steps after STEADY_AFTER steps (compilation and
         # autotuning done); the host has just read the loss there, so these are in step with the device
         marks, every = [], max(cfg.log_every, 1)
+        # a budget calibrated here is refitted as the step time changes (one process; see budget.Recalibrator)
+        recal = Recalibrator(budget, trainer.meta["K"], lambda rate: grid_seconds(rate, cfg.batch_size, nfe)) \
+            if per_step is not None and world_size == 1 else None
 
         def timed(tr):
             now = clock()
@@ -236,6 +239,14 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
             if tr.step % every == 0 and tr.step - step0 >= STEADY_AFTER:
                 sync()
                 marks.append((tr.step, clock()))
+            if recal is not None and tr.step % every == 0 and tr.step < tr.config.steps:
+                sync()
+                K_new = recal(tr.step, clock())
+                if K_new is not None:
+                    say(f"the step time changed: K = {K_new} steps (was {tr.meta['K']}) fill the rest of the "
+                        f"budget; the schedule is refitted to it")
+                    tr.schedule = build(recipe, net, teacher_model, steps=K_new)[2]
+                    tr.config.steps = tr.meta["K"] = K_new
             if callback is not None and callback_every and tr.step % callback_every == 0:
                 callback(tr)
         stage.fit = True
