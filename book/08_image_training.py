@@ -268,17 +268,19 @@ for name, x in results.items():
 # recognisable one-step samples, not the paper's FIDs.
 
 # %% [markdown]
-# ## What a few minutes on an H100 gave
+# ## What a few minutes on a GPU gave
 #
 # The GPU runs behind `docs/image-results.md` left their `eval.json` files in the checkout's `docs/results/`,
-# one folder per group of runs, named by date (`gpu-2026-11-26`, then `…b` and `…c`, then `2026-12-05-h200`).
+# one folder per group of runs, named by date (`gpu-2026-11-26`, then `…b` and `…c`, then `2026-12-05-h200`
+# and `2026-12-05-h200-10min`, whose seven runs shared one GPU and include the teacher-free ECT, sCT and iCT).
 # Each holds, for
 # 10,000 samples, the Fréchet distance to the training set in two feature spaces (Inception-v3 and
 # cmlite's own classifier) and the *floor*: the same distance for real images the model never saw. The
 # plot puts each teacher's FID against its number of network evaluations (Heun on 2 … 18 grid points)
 # and the consistency models' one- and two-step samples beside it. What to look for: the teacher needs
 # 18–34 evaluations to get close to its best; distillation buys the one-step end of that curve, at a
-# price that shrinks with training (these runs had 1–6 minutes; the paper's, days).
+# price that shrinks with training (these runs had 1–10 minutes; the paper's, days). Each folder's
+# floor is drawn in its colour.
 
 # %%
 RESULTS = REPO / "docs" / "results"   # beside the cmlite package in a checkout (not in an installed wheel)
@@ -297,7 +299,8 @@ def folder_date(name: str) -> str:
 
 
 folders = sorted({e["folder"] for e in runs.values()}, key=lambda name: (folder_date(name), name))
-MARKER = {"teacher": "o-", "cd": "s--", "ict": "^--", "ct": "v--"}  # colour: the results folder; marker: the method
+MARKER = {"teacher": "o-", "cd": "s--", "ict": "^--", "ct": "v--", "ect": "D--", "sct": "P--", "cct": "X--"}
+# colour: the results folder; marker: the method
 if not runs:
     print(f"no stored GPU results in {RESULTS}: this cell reads docs/results/gpu-*/*/eval.json of a checkout of "
           "the cmlite repository (an installed package does not carry them)")
@@ -313,9 +316,9 @@ else:
                 fid = [r[f"fid_{space}"] for r in e["rows"]]
                 ax.plot(nfe, fid, MARKER[e["recipe"].split("-")[-1]], color=f"C{folders.index(e['folder'])}",
                         label=name)
-            if these:
-                floor = these[0][1]["floors"][space]["fid"]
-                ax.axhline(floor, color="k", lw=0.8, ls=":", label=f"floor {floor:.3g}")
+            floors = {e["folder"]: e["floors"][space]["fid"] for _, e in these}   # each folder's own floor
+            for folder, floor in floors.items():
+                ax.axhline(floor, color=f"C{folders.index(folder)}", lw=0.8, ls=":", label=f"floor {floor:.3g}")
             ax.set(xscale="log", yscale="log", xlabel="network evaluations per sample", ylabel=f"{space} FID",
                    title=f"{ds}: {space} FID (10k samples)")
             ax.legend(fontsize=7)
