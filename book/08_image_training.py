@@ -306,7 +306,7 @@ if not runs:
           "the cmlite repository (an installed package does not carry them)")
 else:
     print(f"{len(runs)} evaluated GPU runs in {RESULTS}")
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    fig, axes = plt.subplots(2, 2, figsize=(15, 9))
     for row, ds in enumerate(("mnist", "cifar10")):
         for col, space in enumerate(("inception", "classifier")):
             ax = axes[row, col]
@@ -316,12 +316,17 @@ else:
                 fid = [r[f"fid_{space}"] for r in e["rows"]]
                 ax.plot(nfe, fid, MARKER[e["recipe"].split("-")[-1]], color=f"C{folders.index(e['folder'])}",
                         label=name)
-            floors = {e["folder"]: e["floors"][space]["fid"] for _, e in these}   # each folder's own floor
-            for folder, floor in floors.items():
-                ax.axhline(floor, color=f"C{folders.index(folder)}", lw=0.8, ls=":", label=f"floor {floor:.3g}")
+            floors = {}                                  # each folder's own floor, one line per distinct value
+            for _, e in these:
+                floors.setdefault(round(e["floors"][space]["fid"], 3), e["folder"])
+            for floor, folder in floors.items():
+                ax.axhline(floor, color=f"C{folders.index(folder)}", lw=0.8, ls=":")
+                ax.annotate(f"floor {floor:.3g}", (1, floor), xycoords=("axes fraction", "data"), ha="right",
+                            va="bottom", fontsize=7, color=f"C{folders.index(folder)}")
             ax.set(xscale="log", yscale="log", xlabel="network evaluations per sample", ylabel=f"{space} FID",
                    title=f"{ds}: {space} FID (10k samples)")
-            ax.legend(fontsize=7)
+            if col == 1:                                 # one legend per data set, beside its two panels
+                ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     plt.tight_layout()
     plt.show()
 
