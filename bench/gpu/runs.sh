@@ -56,6 +56,15 @@ E() { local name=$1; shift; echo "=== eval $name $(date +%T)"
       python -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['recipe']); [print(' ', x) for x in r['rows']]" \
         $R/$name/eval.json | tee $L/eval-$name.txt; }
 ms() { date +%s%N | cut -c1-13; }
+TEACHER() { case $1 in *-cd) echo --teacher $R/${1%-cd}-teacher ;; esac; }   # a CD recipe's teacher run
+FP16() { local dest=$1; shift; python - "$dest" "$R" "$@" <<'PY'
+import sys
+from safetensors.torch import load_file, save_file
+for r in sys.argv[3:]:   # each run's EMA weights as fp16 safetensors: DEST/RUN-ema-fp16.safetensors
+    w = load_file(f"{sys.argv[2]}/{r}/ema.safetensors")
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in w.items()}, f"{sys.argv[1]}/{r}-ema-fp16.safetensors")
+PY
+}
 case $STAGE in
   m1) ( T mnist-teacher --minutes ${MIN_TEACHER:-4}; T mnist-cd --teacher $R/mnist-teacher --minutes ${MIN_CD:-4.5} ) &
       T mnist-ict --minutes ${MIN_ICT:-8.5} &
@@ -71,18 +80,13 @@ case $STAGE in
       for r in mnist-sct mnist-ect; do E $r --inception no; done
       python - "$DEST" "$R" <<'PY'
 import os, sys, numpy as np
-from safetensors.torch import load_file, save_file
 for r in ("mnist-sct", "mnist-ect"):
     for k in (1, 2):
         f = f"{sys.argv[2]}/{r}/samples-{k}.npz"
         if os.path.exists(f):
             np.savez_compressed(f"{sys.argv[1]}/{r}-samples-{k}.npz", images=np.load(f)["images"])
-    w = f"{sys.argv[2]}/{r}/ema.safetensors"
-    if os.path.exists(w):
-        save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(w).items()},
-                  f"{sys.argv[1]}/{r}-ema-fp16.safetensors")
 PY
-      ;;
+      for r in mnist-sct mnist-ect; do [ -f $R/$r/ema.safetensors ] && FP16 "$DEST" $r; done ;;
   c1) ( T cifar10-teacher --minutes ${MIN_TEACHER:-4}; T cifar10-cd --teacher $R/cifar10-teacher --minutes ${MIN_CD:-4.5} ) &
       T cifar10-ict --minutes ${MIN_ICT:-8.5} &
       wait; SAMPLES cifar10-cd cifar10-ict
@@ -93,9 +97,8 @@ PY
       done
       sleep ${SETTLE:-45}; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
       for f in $W/logs/*/train-*.log; do echo "--- $f"; tail -n 2 "$f"; done ;;
-  _chain) for item in $4; do name=${item%%:*} min=${item#*:}; extra=()
-        case $name in *-cd) extra=(--teacher $R/${name%-cd}-teacher) ;; esac
-        T $name --minutes $min "${extra[@]}"
+  _chain) for item in $4; do name=${item%%:*} min=${item#*:}
+        T $name --minutes $min $(TEACHER $name)
       done; rm -f $W/chains/$3.running ;;
   wait) t0=$(date +%s); n=0
       while ls $W/chains/${WAIT_FOR:-}*.running > /dev/null 2>&1 && [ $(( $(date +%s) - t0 )) -lt $3 ]; do
@@ -109,11 +112,11 @@ PY
       python -m cmlite eval "${runs[@]}" --cache $R ${EVAL_ARGS:---inception yes} --save-samples-mb ${EVAL_MB:-15} > $L/eval-$1.txt \
         2> $L/eval-$1.err; echo "eval rc $? $(date +%T)"; cat $L/eval-$1.txt; tail -n 3 $L/eval-$1.err ;;
   startup) shift 2
-      for name in "$@"; do extra=(); case $name in *-cd) extra=(--teacher $R/${name%-cd}-teacher) ;; esac
+      for name in "$@"; do
         for c in cold warm eager; do
           [ $c = cold ] && rm -rf $W/inductor-startup-$name; rm -rf $W/startup-$c-$name
           s=$(ms); python -m cmlite train $name --steps ${STARTUP_STEPS:-300} --out $W/startup-$c-$name \
-            --cache-dir $W/inductor-startup-$name "${extra[@]}" $([ $c = eager ] && echo --set train.compile=False) \
+            --cache-dir $W/inductor-startup-$name $(TEACHER $name) $([ $c = eager ] && echo --set train.compile=False) \
             > $L/startup-$c-$name.log 2>&1
           first=$(tr '\r' '\n' < $L/startup-$c-$name.log | grep -o 'first training step done [0-9.]* s' | head -n 1)
           speed=$(python -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['steady_images_per_second'])" \
@@ -121,13 +124,6 @@ PY
           echo "startup $name $c: whole command $(( $(ms) - s )) ms, $first, steady $speed images/s" | tee -a $L/startup.txt
         done; done ;;
   copy) shift 2; for f in "$@"; do cp $R/$f "$DEST/$(echo $f | tr '/' '-')"; done; ls -la "$DEST" ;;
-  fp16) shift 2; python - "$DEST" "$R" "$@" <<'PY'
-import sys
-from safetensors.torch import load_file, save_file
-for r in sys.argv[3:]:
-    w = load_file(f"{sys.argv[2]}/{r}/ema.safetensors")
-    save_file({k: v.half() if v.is_floating_point() else v for k, v in w.items()}, f"{sys.argv[1]}/{r}-ema-fp16.safetensors")
-PY
-      ;;
+  fp16) shift 2; FP16 "$DEST" "$@" ;;
   *) echo "unknown stage $STAGE"; exit 2 ;;
 esac

@@ -75,6 +75,12 @@ def grid_seconds(seconds_per_step: float, batch_size: int, nfe: int, images: int
     return seconds_per_step * nfe * images / (TRAIN_STEP_FORWARDS * batch_size)
 
 
+def steps_that_fit(step: int, seconds_left: float, per_step: float, grid_s: float = 0.0) -> int:
+    """K for a run at ``step``: the steps of ``per_step`` seconds that fit in ``seconds_left`` less the final
+    grid's ``grid_s``, added to ``step`` (none when nothing fits)."""
+    return step + max(int((seconds_left - grid_s) / per_step), 0)
+
+
 def calibrate(trainer, budget: Budget, n_max: int, sync: Callable[[], None] = lambda: None,
               agree: Callable[..., list] = lambda *flags: list(flags),
               on_step: Callable[[float], None] = lambda now: None) -> float | None:
@@ -146,8 +152,7 @@ class Recalibrator:
             return None
         rate = (now - self.t0) / (step - self.step0)
         self.t0, self.step0 = now, step
-        room = self.budget.deadline - now - self.grid_seconds(rate)
-        K = step + max(int(room / rate), 0)
+        K = steps_that_fit(step, self.budget.deadline - now, rate, self.grid_seconds(rate))
         if abs(K - self.K) <= RECAL_TOL * max(self.K - step, 1):
             return None
         self.K = K

@@ -31,7 +31,7 @@ from ..ode import solve
 from ..devices import compile_cache, resolve_compile, resolve_device, resolve_precision
 from ..training import (ConfigMismatchError, Trainer, TrainingInterrupted, compile_net, init_distributed,
                         load_checkpoint)
-from .budget import GRID_IMAGES, Budget, Recalibrator, Say, calibrate, grid_seconds
+from .budget import GRID_IMAGES, Budget, Recalibrator, Say, calibrate, grid_seconds, steps_that_fit
 from .data import (GPUBatches, ImageData, hold_out_floor, load_dataset, make_grid, save_png, synthetic_dataset,
                    to_uint8)
 from .recipes import RECIPES, Recipe, build, build_net
@@ -192,6 +192,10 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
                 say(f"first training step done {now - t_start:.1f} s after the start (imports, data, networks"
                     + (", compilation" if cfg.compile else "") + ")")
 
+        def set_K(K: int) -> None:   # the step count, and the schedule whose horizon it is
+            trainer.schedule = build(recipe, net, teacher_model, steps=K)[2]
+            trainer.config.steps = trainer.meta["K"] = K
+
         per_step, n_cal = None, 0
         if budget.deadline is not None and steps is None and trainer.step == 0:  # calibrate K to the budget
             stage.now = "calibrating the step count"
@@ -206,8 +210,7 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
                     + ": training stops here. Give more --minutes, or --steps for a fixed number of steps",
                     warning=True)
             else:
-                room = budget.left() - grid_seconds(per_step, cfg.batch_size, nfe)
-                K = trainer.step + max(int(room / per_step), 0)
+                K = steps_that_fit(trainer.step, budget.left(), per_step, grid_seconds(per_step, cfg.batch_size, nfe))
             if world_size > 1:  # every rank must agree on K
                 k = torch.tensor([K], device=device)
                 torch.distributed.broadcast(k, 0)
@@ -215,9 +218,7 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
             if per_step is not None:
                 say(f"{per_step:.3g} s per step: K = {K} steps fill the budget ({trainer.step} calibration steps, "
                     f"{budget.used():.1f} s used)")
-            trainer.schedule = build(recipe, net, teacher_model, steps=K)[2]
-            trainer.config.steps = K
-            trainer.meta["K"] = K
+            set_K(K)
         stage.now = "training"
         if rank == 0:
             _write_json(out / RECIPE_FILE, {"recipe": recipe.to_dict(), "shape": meta["shape"],
@@ -236,17 +237,17 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
         def timed(tr):
             now = clock()
             first_step(now)
-            if tr.step % every == 0 and tr.step - step0 >= STEADY_AFTER:
+            steady = tr.step - step0 >= STEADY_AFTER
+            if tr.step % every == 0 and (steady or recal is not None):
                 sync()
-                marks.append((tr.step, clock()))
-            if recal is not None and tr.step % every == 0 and tr.step < tr.config.steps:
-                sync()
-                K_new = recal(tr.step, clock())
+                now = clock()
+                if steady:
+                    marks.append((tr.step, now))
+                K_new = recal(tr.step, now) if recal is not None and tr.step < tr.config.steps else None
                 if K_new is not None:
                     say(f"the step time changed: K = {K_new} steps (was {tr.meta['K']}) fill the rest of the "
                         f"budget; the schedule is refitted to it")
-                    tr.schedule = build(recipe, net, teacher_model, steps=K_new)[2]
-                    tr.config.steps = tr.meta["K"] = K_new
+                    set_K(K_new)
             if callback is not None and callback_every and tr.step % callback_every == 0:
                 callback(tr)
         stage.fit = True
