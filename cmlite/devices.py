@@ -80,19 +80,13 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
-def resolve_compile(compile: bool | str, device: torch.device) -> bool | str:
-    """``torch.compile`` or not: True (the whole network), 'blocks' (each residual block on its own) or
-    False as given; 'auto' = True on CUDA only."""
+def resolve_compile(compile: bool | str, device: torch.device) -> bool:
+    """``torch.compile`` or not: True / False as given, 'auto' = on CUDA only."""
     if compile == "auto":
         return device.type == "cuda"
-    if not (isinstance(compile, bool) or compile == "blocks"):
-        raise ValueError(f"compile must be True, False, 'blocks' or 'auto'; got {compile!r}")
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile must be True, False or 'auto'; got {compile!r}")
     return compile
-
-
-def compile_scope(compile: bool | str) -> str:
-    """The ``scope`` of :func:`cmlite.training.compile_net` for a resolved ``compile`` setting."""
-    return "blocks" if compile == "blocks" else "whole"
 
 
 def device_rng_state(device: torch.device) -> torch.Tensor | None:

@@ -41,8 +41,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ._checks import check_finite_loss
-from .devices import (PRECISIONS, compile_scope, device_rng_state, resolve_compile, resolve_device,
-                      resolve_precision, set_device_rng_state)
+from .devices import (PRECISIONS, device_rng_state, resolve_compile, resolve_device, resolve_precision,
+                      set_device_rng_state)
 from .fieldcheck import check_types
 
 OPTIMIZERS = ("adam", "radam", "adamw")
@@ -60,8 +60,7 @@ class TrainConfig:
     short runs are not dominated by the initial weights. ``optimizer``: 'adam', 'radam' (the paper's) or
     'adamw'. ``batch_size`` is the global batch (split over data-parallel ranks). ``device``: 'cpu',
     'cuda', 'cuda:K', 'mps' or 'auto'. ``precision``: 'fp32', 'bf16' (autocast), 'fp16' (autocast with
-    loss scaling; skipped steps are counted) or 'auto'; ``compile``: True (the whole network as one graph),
-    'blocks' (each residual block on its own: :func:`compile_net`), False or 'auto' (CUDA only);
+    loss scaling; skipped steps are counted) or 'auto'; ``compile``: True, False or 'auto' (CUDA only);
     the 'auto' values are resolved by :mod:`cmlite.devices` when a :class:`Trainer` is made, and the
     config then holds what they resolved to. ``log_every``: steps between host reads of the loss (NaN
     check, history). Every field is checked (type and range) on construction and by the Trainer.
@@ -98,8 +97,7 @@ class TrainConfig:
                ("optimizer", self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}"),
                ("lr_schedule", self.lr_schedule in ("constant", "cosine"), "'constant' or 'cosine'"),
                ("precision", self.precision in PRECISIONS, f"one of {PRECISIONS}"),
-               ("compile", isinstance(self.compile, bool) or self.compile in ("auto", "blocks"),
-                "True, False, 'blocks' or 'auto'")]
+               ("compile", isinstance(self.compile, bool) or self.compile == "auto", "True, False or 'auto'")]
         for name, ok, want in bad:
             if not ok:
                 raise ValueError(f"TrainConfig.{name} must be {want}; got {getattr(self, name)!r}")
@@ -110,15 +108,9 @@ class TrainConfig:
 RESUMABLE_CHANGES = frozenset({"steps", "device", "log_every", "compile", "seed"})  # seed: RNG states come from the file
 
 
-def compile_net(net: nn.Module, channels_last: bool = False, mode: str | None = None, scope: str = "whole",
-                backend: str = "inductor") -> nn.Module:
+def compile_net(net: nn.Module, channels_last: bool = False, mode: str | None = None) -> nn.Module:
     """Compile ``net`` in place with ``torch.compile`` (Inductor, in ``mode``: None is the default mode, or
     e.g. "max-autotune-no-cudagraphs") and return it.
-
-    ``scope``: "whole" compiles the network as one graph. "blocks" compiles each submodule whose class sets
-    ``compile_region = True`` (the U-Net's residual blocks) on its own and leaves the rest eager: blocks of
-    the same shape share one compiled graph, so a cold start compiles less, at some cost in speed (the
-    README's start-up table has both on one card).
 
     With ``channels_last``, Inductor is told to keep the tensors around every convolution channels-last
     (its ``force_layout_optimization``). Left to its own heuristic, Inductor turns this layout optimisation
@@ -128,27 +120,10 @@ def compile_net(net: nn.Module, channels_last: bool = False, mode: str | None = 
     before the convolution and its backward pass (bench/step_bench.py's ``fast-heuristic`` variant
     measures that layout against this one; the README's speed section has the numbers)."""
     from torch._inductor import list_mode_options
-    if scope not in ("whole", "blocks"):
-        raise ValueError(f"compile scope must be 'whole' or 'blocks'; got {scope!r}")
     options = dict(list_mode_options(mode)) if mode else {}   # torch.compile takes a mode or options, not both
     if channels_last:
         options["force_layout_optimization"] = True
-    kw = dict(backend=backend, options=options or None) if backend == "inductor" else dict(backend=backend)
-    if scope == "whole":
-        net.compile(**kw)
-        return net
-    regions = [m for m in net.modules() if getattr(type(m), "compile_region", False)]
-    if not regions:
-        raise ValueError(f"compile scope 'blocks': {type(net).__name__} has no submodule whose class sets "
-                         "compile_region = True; use scope='whole'")
-    # every compiled block is one entry of one cache (nn.Module's call): room for each shape, with and
-    # without autograd, and static shapes (a second block shape must not turn the first one dynamic)
-    dynamo = torch._dynamo.config
-    dynamo.recompile_limit = max(dynamo.recompile_limit, 4 * len(regions))
-    if hasattr(dynamo, "accumulated_recompile_limit"):
-        dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 16 * len(regions))
-    for m in regions:
-        m.compile(dynamic=False, **kw)
+    net.compile(options=options or None)
     return net
 
 
@@ -310,7 +285,7 @@ class Trainer:
                 torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions
             for m in (self.model, self.target):  # the EMA is only sampled from: left eager
                 if m is not None:
-                    compile_net(getattr(m, "net", m), cfg.channels_last, scope=compile_scope(cfg.compile))
+                    compile_net(getattr(m, "net", m), cfg.channels_last)
         self.ddp = None
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel

@@ -169,10 +169,6 @@ def test_auto_resolution_on_this_cpu_and_on_mocked_cards(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)    # an A100
     assert devices.resolve_precision("auto", cuda) == "bf16"
     assert devices.resolve_compile("auto", cuda) is True
-    assert devices.resolve_compile("blocks", cuda) == "blocks" and devices.compile_scope("blocks") == "blocks"
-    assert devices.compile_scope(True) == "whole"
-    with pytest.raises(ValueError, match="'blocks'"):
-        devices.resolve_compile("layers", cuda)
     assert devices.resolve_precision("fp32", cuda) == "fp32"          # an explicit choice stays
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(devices, "mps_available", lambda: True)      # a Mac

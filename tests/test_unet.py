@@ -1,6 +1,5 @@
 """The EDM / DDPM++ U-Net (cmlite.image.unet): shapes, parameter counts, conditioning, precision,
 memory format, dropout, gradients, and the fit with the consistency-model wrappers."""
-import copy
 import math
 
 import pytest
@@ -162,42 +161,6 @@ def test_compiles_without_graph_breaks():
     x, c, y = torch.randn(2, 3, 8, 8), torch.randn(2), torch.tensor([1, 2])
     compiled = torch.compile(net, backend="eager", fullgraph=True)   # traces with dynamo, no codegen
     torch.testing.assert_close(compiled(x, c, class_labels=y), net(x, c, class_labels=y))
-
-
-def test_compile_by_blocks_shares_one_graph_per_block_shape():
-    """compile_net(scope='blocks'): each residual block is compiled on its own and blocks of one shape share
-    a graph, so the graphs are the distinct (input shape, output shape, resample, attention) blocks, once
-    with autograd and once without; the numbers are the eager network's."""
-    import torch._dynamo
-    from torch._dynamo.utils import counters
-    from cmlite.image.unet import ResBlock
-    from cmlite.training import compile_net
-    torch.manual_seed(0)
-    net = perturbed(tiny(num_blocks=3))
-    ref = copy.deepcopy(net)
-    shapes = set()
-    hooks = [m.register_forward_hook(lambda m, a, out: shapes.add((a[0].shape, out.shape, repr(m.resample),
-                                                                  m.attn is None)))
-             for m in ref.modules() if isinstance(m, ResBlock)]
-    x, c = torch.randn(2, 3, 16, 16), torch.randn(2)
-    want = ref(x, c)
-    for h in hooks:
-        h.remove()
-    n_blocks = sum(isinstance(m, ResBlock) for m in net.modules())
-    assert len(shapes) < n_blocks          # else sharing could not show
-    torch._dynamo.reset()
-    counters.clear()
-    compile_net(net, scope="blocks", backend="eager")
-    got = net(x, c)
-    got.square().sum().backward()
-    with torch.no_grad():
-        torch.testing.assert_close(net(x, c), want)
-    torch.testing.assert_close(got, want)
-    assert counters["stats"]["unique_graphs"] == 2 * len(shapes)
-    with pytest.raises(ValueError, match="compile_region"):
-        compile_net(torch.nn.Linear(2, 2), scope="blocks", backend="eager")
-    with pytest.raises(ValueError, match="scope"):
-        compile_net(net, scope="layers")
 
 
 @pytest.mark.parametrize("mode", ["up", "down"])

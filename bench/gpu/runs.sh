@@ -19,7 +19,7 @@
 #                    the teacher's grids, samples written as npz of at most EVAL_MB = 15 MiB each)
 #   startup RECIPE...  `cmlite train RECIPE --steps 300` with an empty compile cache, with the filled cache, and
 #                    eager: the whole command's time, the first step's, and the steady images/s
-#                    (STARTUP_VARIANTS, default "cold warm eager"; blocks-cold and blocks-warm compile by blocks)
+#                    (STARTUP_VARIANTS: which of "cold warm eager", all by default)
 #   copy PATH...     files of the work folder (relative to its runs/ folder) copied to OUTDIR, '/' -> '-'
 #   fp16 RUN...      a run's EMA weights as fp16 safetensors in OUTDIR (RUN-ema-fp16.safetensors)
 # Data and weights come from the folders prepared by `bash bench/gpu/prepare.sh` (a .gpu/ folder in the checkout).
@@ -115,12 +115,11 @@ PY
         2> $L/eval-$1.err; echo "eval rc $? $(date +%T)"; cat $L/eval-$1.txt; tail -n 3 $L/eval-$1.err ;;
   startup) shift 2
       for name in "$@"; do
-        for c in ${STARTUP_VARIANTS:-cold warm eager}; do   # blocks-cold, blocks-warm: train.compile=blocks
-          case $c in blocks-*) cache=$W/inductor-startup-$name-blocks ;; *) cache=$W/inductor-startup-$name ;; esac
-          [ ${c##*-} = cold ] && rm -rf $cache; rm -rf $W/startup-$c-$name
-          set_=(); case $c in eager) set_=(--set train.compile=False) ;; blocks-*) set_=(--set train.compile=blocks) ;; esac
+        for c in ${STARTUP_VARIANTS:-cold warm eager}; do
+          [ $c = cold ] && rm -rf $W/inductor-startup-$name; rm -rf $W/startup-$c-$name
           s=$(ms); python -m cmlite train $name --steps ${STARTUP_STEPS:-300} --out $W/startup-$c-$name \
-            --cache-dir $cache $(TEACHER $name) "${set_[@]}" > $L/startup-$c-$name.log 2>&1
+            --cache-dir $W/inductor-startup-$name $(TEACHER $name) $([ $c = eager ] && echo --set train.compile=False) \
+            > $L/startup-$c-$name.log 2>&1
           first=$(tr '\r' '\n' < $L/startup-$c-$name.log | grep -o 'first training step done [0-9.]* s' | head -n 1)
           speed=$(python -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['steady_images_per_second'])" \
             $W/startup-$c-$name/recipe.json 2>/dev/null)

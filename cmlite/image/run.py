@@ -28,7 +28,7 @@ from torch import Tensor
 from ..sampling import multistep_sample
 from ..schedules import EPS, T_MAX, karras_boundaries
 from ..ode import solve
-from ..devices import compile_cache, compile_scope, resolve_compile, resolve_device, resolve_precision
+from ..devices import compile_cache, resolve_compile, resolve_device, resolve_precision
 from ..training import (ConfigMismatchError, Trainer, TrainingInterrupted, compile_net, init_distributed,
                         load_checkpoint)
 from .budget import GRID_IMAGES, Budget, Recalibrator, Say, calibrate, grid_seconds, steps_that_fit
@@ -166,7 +166,7 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
             if cfg.channels_last:  # the online network's layout (the Trainer moves it), so cuDNN copies no weights
                 teacher_model.to(memory_format=torch.channels_last)
             if cfg.compile:
-                compile_net(teacher_model.net, cfg.channels_last, scope=compile_scope(cfg.compile))
+                compile_net(teacher_model.net, cfg.channels_last)
             _check_shape(teacher_info, data, recipe, f"the teacher {teacher}")
             if recipe.init_from_teacher and saved is None:
                 net.load_state_dict(teacher_model.net.state_dict())

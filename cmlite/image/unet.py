@@ -417,9 +417,7 @@ class Attention(nn.Module):
 
 class ResBlock(nn.Module):
     """EDM's UNetBlock: h = conv0(SiLU(GN(x))) (resampled), h = SiLU(GN(h + A emb)) (or the adaptive
-    scale/shift), h = conv1(dropout(h)); out = (h + skip(x)) / sqrt(2), then optional self-attention.
-    ``compile_region``: ``train.compile='blocks'`` compiles each of these on its own."""
-    compile_region = True
+    scale/shift), h = conv1(dropout(h)); out = (h + skip(x)) / sqrt(2), then optional self-attention."""
 
     def __init__(self, cin: int, cout: int, emb_channels: int, cfg: UNetConfig, resample: str | None = None,
                  attention: bool = False, cat_skip: bool = False):
