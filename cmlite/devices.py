@@ -7,6 +7,9 @@ r"""Which device, arithmetic and compilation a run uses: the ``"auto"`` settings
   ``fp16`` autocast with loss scaling (``torch.amp.GradScaler``) on older cards (a T4, a V100), whose
   bfloat16 is emulated or absent; ``fp32`` on a CPU and on ``mps``. Master weights stay float32 throughout.
 * ``compile="auto"``: ``torch.compile`` on CUDA only (on a CPU compiling costs minutes and gains little).
+  A time-budgeted ``cmlite train`` narrows it further (:func:`compile_pays`): a budget under
+  :data:`COMPILE_PAYS_AFTER_MINUTES` trains eagerly unless this machine's compile cache already holds the
+  run's graphs, because a cold compilation would not earn its time back within the budget.
 
 :func:`device_rng_state` / :func:`set_device_rng_state` save and restore the random generator of the
 device a run draws from (CUDA or mps), so that a checkpoint resumes exactly there too.
@@ -87,6 +90,29 @@ def resolve_compile(compile: bool | str, device: torch.device) -> bool:
     if not isinstance(compile, bool):
         raise ValueError(f"compile must be True, False or 'auto'; got {compile!r}")
     return compile
+
+
+# A cold compilation of a U-Net training step costs 1.5-2 minutes and then trains about 1.4x faster than
+# eager (cmlite train mnist-teacher on an H200, 2026-12-05: first step after 99.0 s against 12.4 s, 5029
+# against 3487 images/s); compiling pays back after (99.0 * 5029 - 12.4 * 3487) / (5029 - 3487) s = 4.9 min.
+COMPILE_PAYS_AFTER_MINUTES = 5.0
+
+
+def compile_pays(minutes: float | None, warm: bool) -> bool:
+    """Whether ``compile='auto'`` compiles a CUDA run: always without a time budget (``minutes`` None) or
+    with a warm compile cache (the graphs load in seconds), else only for budgets of at least
+    :data:`COMPILE_PAYS_AFTER_MINUTES`."""
+    return minutes is None or warm or minutes >= COMPILE_PAYS_AFTER_MINUTES
+
+
+def compile_marker(cache_dir: str | os.PathLike, key: dict) -> str:
+    """The file in ``cache_dir`` that says a run with these graph-shaping settings (``key``: network,
+    method, shapes, batch, precision, layout, torch version, card) has compiled here before, so that its
+    graphs are in the cache. Written after such a run's first compiled step."""
+    import hashlib
+    import json
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return os.path.join(os.fspath(cache_dir), f"cmlite-compiled-{digest}")
 
 
 def device_rng_state(device: torch.device) -> torch.Tensor | None:

@@ -208,6 +208,36 @@ def test_a_gpu_recipe_trains_on_this_cpu_without_overrides(tmp_path, monkeypatch
     assert (t["device"], t["precision"], t["compile"], s["device"]) == ("cpu", "fp32", False, "cpu")
 
 
+def test_auto_compile_is_eager_for_short_budgets_until_the_cache_is_warm(tmp_path, monkeypatch):
+    """compile='auto' on a (pretended) GPU: a run without a budget compiles and marks the cache; a short
+    budget then compiles too (its graphs are cached), while a short budget with other graphs (another
+    batch size) trains eagerly. compile_net is replaced by a recorder (a CPU compile takes minutes)."""
+    import cmlite.training as training_mod
+    assert devices.compile_pays(None, warm=False) and devices.compile_pays(0.5, warm=True)
+    assert not devices.compile_pays(devices.COMPILE_PAYS_AFTER_MINUTES - 0.5, warm=False)
+    assert devices.compile_pays(devices.COMPILE_PAYS_AFTER_MINUTES, warm=False)
+    compiled = []
+    monkeypatch.setattr(run_mod, "resolve_compile", lambda c, d: True if c == "auto" else c)   # as on CUDA
+    monkeypatch.setattr(training_mod, "compile_net", lambda net, *a, **k: compiled.append(net) or net)
+    monkeypatch.setattr(run_mod, "sample_images", lambda model, info, n, **k: torch.zeros(n, *info["shape"],
+                                                                                            dtype=torch.uint8))
+    cache = tmp_path / "cache"
+    r = get_recipe("tiny-teacher").with_overrides(["train.compile=auto"])   # the GPU recipes' setting
+
+    def run(name, recipe, **kw):
+        n = len(compiled)
+        s = train(recipe, tmp_path / name, progress=False, cache_dir=cache, **kw)
+        return s["recipe"]["train"]["compile"], len(compiled) > n
+
+    assert run("short-cold", r, minutes=0.02) == (False, False)     # cold cache, 1.2 s budget: eager
+    assert not list(cache.glob("cmlite-compiled-*"))
+    assert run("fixed-steps", r, steps=2) == (True, True)            # no budget: compiles, marks the cache
+    assert len(list(cache.glob("cmlite-compiled-*"))) == 1
+    assert run("short-warm", r, minutes=0.02) == (True, True)       # the same graphs are cached: compiles
+    other = r.with_overrides([f"train.batch_size={r.train.batch_size // 2}"])
+    assert run("short-other", other, minutes=0.02) == (False, False)  # other graphs, cold: eager
+
+
 def _toy(precision="fp16", steps=10, seed=0, inf_at=()):
     """A small CT run on 2D data; its gradients are made inf at the steps in ``inf_at`` (a planted overflow)."""
     torch.manual_seed(seed)

@@ -14,6 +14,7 @@ core's model, loss and schedule, :class:`~cmlite.training.Trainer` trains them.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -28,7 +29,8 @@ from torch import Tensor
 from ..sampling import multistep_sample
 from ..schedules import EPS, T_MAX, karras_boundaries
 from ..ode import solve
-from ..devices import compile_cache, resolve_compile, resolve_device, resolve_precision
+from ..devices import (COMPILE_PAYS_AFTER_MINUTES, compile_cache, compile_marker, compile_pays, resolve_compile,
+                       resolve_device, resolve_precision)
 from ..training import (ConfigMismatchError, Trainer, TrainingInterrupted, compile_net, init_distributed,
                         load_checkpoint)
 from .budget import GRID_IMAGES, Budget, Recalibrator, Say, calibrate, grid_seconds, steps_that_fit
@@ -123,13 +125,26 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
     rank, world_size = init_distributed()
     say = Say(rank == 0, quiet=not progress)   # warnings even when quiet
     out = Path(out)
+    recipe = copy.deepcopy(recipe)   # its train settings become what 'auto' resolves to here: not the caller's
     cfg = recipe.train.check()
     device = resolve_device(cfg.device)
     cfg.device = str(device)
+    auto_compile = cfg.compile == "auto"
     cfg.precision, cfg.compile = resolve_precision(cfg.precision, device), resolve_compile(cfg.compile, device)
+    minutes = recipe.minutes if minutes is None and steps is None else minutes
+    marker = None
     if cfg.compile:
         cache_dir = compile_cache(cache_dir)
-    minutes = recipe.minutes if minutes is None and steps is None else minutes
+        marker = compile_marker(cache_dir, {
+            "net": recipe.net, "net_overrides": recipe.net_overrides, "dataset": recipe.dataset,
+            "method": recipe.method, "conditional": recipe.conditional, "batch": cfg.batch_size // world_size,
+            "precision": cfg.precision, "channels_last": cfg.channels_last, "torch": torch.__version__,
+            "card": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type})
+        if auto_compile and not compile_pays(minutes, os.path.exists(marker)):
+            cfg.compile, marker = False, None
+            say(f"compile 'auto': eager, because the compile cache does not hold this run's graphs yet and "
+                f"compiling them (1.5-2 minutes) would not pay back within a {minutes:g}-minute budget "
+                f"(it does from {COMPILE_PAYS_AFTER_MINUTES:g} minutes). Pass --set train.compile=True to compile")
     budget = Budget(minutes, t_start, clock)
     ckpt_path = out / CHECKPOINT
     saved = _open_checkpoint(out, recipe, resume)
@@ -189,6 +204,8 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
         def first_step(now):
             if not first:
                 first["t"] = now
+                if marker is not None and rank == 0:   # the cache now holds this run's training graphs
+                    Path(marker).touch()
                 say(f"first training step done {now - t_start:.1f} s after the start (imports, data, networks"
                     + (", compilation" if cfg.compile else "") + ")")
 
