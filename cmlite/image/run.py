@@ -205,7 +205,11 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
             if not first:
                 first["t"] = now
                 if marker is not None and rank == 0:   # the cache now holds this run's training graphs
-                    Path(marker).touch()
+                    try:
+                        Path(marker).touch()
+                    except OSError as e:   # only a hint for later short runs: training goes on
+                        say(f"could not mark the compile cache ({e}); later short runs will train eagerly",
+                            warning=True)
                 say(f"first training step done {now - t_start:.1f} s after the start (imports, data, networks"
                     + (", compilation" if cfg.compile else "") + ")")
 
