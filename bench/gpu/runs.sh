@@ -44,7 +44,9 @@ if [ -f $S/inc_aa ] && [ ! -f $S/default_1.pt ]; then  # the weights travel in p
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee $L/gpu.txt
 python -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" | tee -a $L/gpu.txt
-git rev-parse HEAD > $L/commit.txt 2>/dev/null || true
+{ git rev-parse HEAD; git status --porcelain --untracked-files=no -- cmlite bench | head -n 20   # a copied tree's
+  echo "source sha1 $(find cmlite bench -path bench/out -prune -o \( -name '*.py' -o -name '*.sh' \) -print | LC_ALL=C sort | xargs sha1sum | sha1sum | cut -c1-40)"
+} > $L/commit.txt 2>/dev/null || true   # HEAD may be older than the files: the source sha1 names what ran
 T() { local name=$1; shift; echo "=== train $name $(date +%T)"; local t0=$(date +%s)
       python -m cmlite train $name --out $R/$name "$@" 2>&1 | tr '\r' '\n' | grep -v '^\s*$' \
         | awk 'NR%20==1 || /Error|error|Traceback|steps,|first step|calibrat/' > $L/train-$name.log
