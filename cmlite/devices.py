@@ -16,6 +16,8 @@ device a run draws from (CUDA or mps), so that a checkpoint resumes exactly ther
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import torch
@@ -109,8 +111,6 @@ def compile_marker(cache_dir: str | os.PathLike, key: dict) -> str:
     """The file in ``cache_dir`` that says a run with these graph-shaping settings (``key``: network,
     method, shapes, batch, precision, layout, torch version, card) has compiled here before, so that its
     graphs are in the cache. Written after such a run's first compiled step."""
-    import hashlib
-    import json
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return os.path.join(os.fspath(cache_dir), f"cmlite-compiled-{digest}")
 

@@ -129,6 +129,7 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
     cfg = recipe.train.check()
     device = resolve_device(cfg.device)
     cfg.device = str(device)
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     auto_compile = cfg.compile == "auto"
     cfg.precision, cfg.compile = resolve_precision(cfg.precision, device), resolve_compile(cfg.compile, device)
     minutes = recipe.minutes if minutes is None and steps is None else minutes
@@ -139,7 +140,7 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
             "net": recipe.net, "net_overrides": recipe.net_overrides, "dataset": recipe.dataset,
             "method": recipe.method, "conditional": recipe.conditional, "batch": cfg.batch_size // world_size,
             "precision": cfg.precision, "channels_last": cfg.channels_last, "torch": torch.__version__,
-            "card": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type})
+            "card": card})
         if auto_compile and not compile_pays(minutes, os.path.exists(marker)):
             cfg.compile, marker = False, None
             say(f"compile 'auto': eager, because the compile cache does not hold this run's graphs yet and "
@@ -291,7 +292,7 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
                    "startup_s": first["t"] - t_start if first else None,
                    "minutes_budget": minutes, "calibrated_seconds_per_step": per_step, "calibration_steps": n_cal,
                    "skipped_steps": trainer.skipped_steps,
-                   "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+                   "device": card,
                    "teacher": str(teacher) if teacher is not None else None,
                    "final_loss": trainer.history["loss"][-1] if trainer.history["loss"] else None}
         if trainer.skipped_steps:
