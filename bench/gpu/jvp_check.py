@@ -9,7 +9,7 @@ checks the script and gives the bf16 comparison there. The comparison runs in ev
 of 2026-12-05 on an H200 (docs/results/2026-12-05-h200-shared) compared in training mode, so its bf16 errors
 measured two different dropout masks.
 """
-import json, os, sys, time, copy, traceback
+import json, os, sys, time
 import torch
 from torch.func import jvp
 from cmlite.image.unet import UNet, unet_config, Attention
@@ -58,7 +58,6 @@ def fwd_bwd():
     y.float().square().mean().backward()
 res["eager_bf16_fwd_bwd_ms"] = 1000 * timeit(fwd_bwd)
 if dev == "cuda": torch.cuda.reset_peak_memory_stats()
-jvp_bf16_mem = None
 with torch.no_grad():
     with torch.autocast(dev, torch.bfloat16):
         f(x, c, v, dc)

@@ -5,7 +5,7 @@
 # most 40 MiB, joined and sha1-checked by bench/gpu/runs.sh on the GPU machine:
 #   OUTDIR/a  mnist_uint8.npz + inc_aa        OUTDIR/b  inc_ab + inc_ac
 #   OUTDIR/c  cifar10_train_jpgbytes.npz      OUTDIR/e  mnist_uint8.npz
-#   bash bench/gpu/prepare.sh [DATA] [OUTDIR]   (default OUTDIR: .gpu, where stage.sh looks for them)
+#   bash bench/gpu/prepare.sh [DATA] [OUTDIR]   (default OUTDIR: .gpu, where stage.sh and runs.sh look for them)
 # The folder .gpu is ignored by git (.git/info/exclude gets `/.gpu/`).
 set -euo pipefail
 DATA=${1:-../shared/data} G=${2:-.gpu}

@@ -19,7 +19,10 @@
 #                    the teacher's grids, samples written as npz of at most EVAL_MB = 15 MiB each)
 #   startup RECIPE...  `cmlite train RECIPE --steps 300` with an empty compile cache, with the filled cache, and
 #                    eager: the whole command's time, the first step's, and the steady images/s
-#                    (STARTUP_VARIANTS: which of "cold warm eager", all by default)
+#                    (STARTUP_VARIANTS: which of "short cold warm eager", "cold warm eager" by default; short:
+#                    `--minutes SHORT_MIN` (0.5) with an empty cache, where compile='auto' trains eagerly)
+#   bench            in the background: bench/gpu/jvp_check.py, then bench/step_bench.py at batch 512 for the
+#                    BENCH_KINDS (ct cd) and BENCH_VARIANTS (fast fast-always-gn); `wait` waits for it too
 #   copy PATH...     files of the work folder (relative to its runs/ folder) copied to OUTDIR, '/' -> '-'
 #   fp16 RUN...      a run's EMA weights as fp16 safetensors in OUTDIR (RUN-ema-fp16.safetensors)
 # Data and weights come from the folders prepared by `bash bench/gpu/prepare.sh` (a .gpu/ folder in the checkout).
@@ -108,7 +111,7 @@ PY
       while ls $W/chains/${WAIT_FOR:-}*.running > /dev/null 2>&1 && [ $(( $(date +%s) - t0 )) -lt $3 ]; do
         sleep 5; n=$((n + 1))
         if [ $((n % 12)) = 0 ]; then echo "--- $(date +%T) running: $(ls $W/chains | grep running | tr '\n' ' ')"
-          for f in $W/logs/*/train-*.log; do echo "$(basename $f): $(tail -n 1 $f | cut -c1-150)"; done; fi
+          for f in $W/logs/*/train-*.log $W/logs/*/step_bench.log; do [ -f $f ] && echo "$(basename $f): $(tail -n 1 $f | cut -c1-150)"; done; fi
       done
       echo "--- $(date +%T) still running: $(ls $W/chains 2>/dev/null | grep running | tr '\n' ' ')"
       tail -q -n 2 $W/logs/*/train-*.log ;;
@@ -119,7 +122,9 @@ PY
       for name in "$@"; do
         for c in ${STARTUP_VARIANTS:-cold warm eager}; do
           [ $c = cold ] && rm -rf $W/inductor-startup-$name; rm -rf $W/startup-$c-$name
-          s=$(ms); python -m cmlite train $name --steps ${STARTUP_STEPS:-300} --out $W/startup-$c-$name \
+          [ $c = short ] && rm -rf $W/inductor-startup-$name
+          [ $c = short ] && len="--minutes ${SHORT_MIN:-0.5}" || len="--steps ${STARTUP_STEPS:-300}"
+          s=$(ms); python -m cmlite train $name $len --out $W/startup-$c-$name \
             --cache-dir $W/inductor-startup-$name $(TEACHER $name) $([ $c = eager ] && echo --set train.compile=False) \
             > $L/startup-$c-$name.log 2>&1
           first=$(tr '\r' '\n' < $L/startup-$c-$name.log | grep -o 'first training step done [0-9.]* s' | head -n 1)
@@ -127,6 +132,14 @@ PY
             $W/startup-$c-$name/recipe.json 2>/dev/null)
           echo "startup $name $c: whole command $(( $(ms) - s )) ms, $first, steady $speed images/s" | tee -a $L/startup.txt
         done; done ;;
+  bench) mkdir -p $W/chains $R/bench; touch $W/chains/bench.running
+      setsid nohup bash "$0" _bench "$DEST" > $L/bench.out 2>&1 < /dev/null &
+      sleep 5; cat $L/bench.out ;;
+  _bench) python bench/gpu/jvp_check.py $R/bench 2>&1 | tail -n 30 > $L/jvp_check.log
+      python bench/step_bench.py --dynamic static --batch 512 --kinds ${BENCH_KINDS:-ct cd} \
+        --variants ${BENCH_VARIANTS:-fast fast-always-gn} --out $R/bench/step_bench.json 2>&1 \
+        | grep -v -i warn > $L/step_bench.log
+      rm -f $W/chains/bench.running ;;
   copy) shift 2; for f in "$@"; do cp $R/$f "$DEST/$(echo $f | tr '/' '-')"; done; ls -la "$DEST" ;;
   fp16) shift 2; FP16 "$DEST" "$@" ;;
   *) echo "unknown stage $STAGE"; exit 2 ;;
