@@ -163,6 +163,20 @@ def test_compiles_without_graph_breaks():
     torch.testing.assert_close(compiled(x, c, class_labels=y), net(x, c, class_labels=y))
 
 
+def test_channels_last_group_norm_compiles_whole_with_autograd_on(monkeypatch):
+    """The channels-last GroupNorm in a training pass (channels_last_path 'always', autograd on) traces as one
+    graph: an autograd.Function with a jvp rule would break the graph at every norm; gradients as eager."""
+    from cmlite.image.unet import GroupNorm
+    monkeypatch.setattr(GroupNorm, "channels_last_path", "always")
+    net = perturbed(tiny()).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    c = torch.randn(2)
+    compiled = torch.compile(net, backend="eager", fullgraph=True)   # raises at a graph break
+    grads = [torch.autograd.grad(m(x, c).square().sum(), list(net.parameters())) for m in (compiled, net)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("mode", ["up", "down"])
 def test_box_resample_equals_its_fir_convolution(mode):
     """f = (1, 1) runs as nearest upsampling / 2x2 average pooling: the same numbers and gradients as the

@@ -181,7 +181,7 @@ def group_norm_by_sums(x: Tensor, weight: Tensor | None, bias: Tensor | None, gr
     return (y if weight is None else y.to(weight.dtype)), mean, rstd
 
 
-class _ChannelsLastGroupNorm(torch.autograd.Function):
+class _ChannelsLastGroupNormGrad(torch.autograd.Function):
     r"""y = (x - mu_g) rstd_g gamma + beta with its gradient and its forward-mode derivative written out (every
     pass in memory order on channels-last tensors, results channels-last, statistics in float32, or float64
     for float64 inputs). With xhat = (x - mu) rstd, k elements per group and mean_g the mean over a group:
@@ -191,6 +191,10 @@ class _ChannelsLastGroupNorm(torch.autograd.Function):
     * backward: dx = P(dy gamma), dgamma = sum dy xhat, dbeta = sum dy;
     * forward mode (``jvp``, for ``torch.func.jvp`` and ``torch.autograd.forward_ad``): with tangents
       (x', gamma', beta'), y' = P(x') gamma + xhat gamma' + beta'.
+
+    This class has the forward and backward passes, :class:`_ChannelsLastGroupNorm` adds ``jvp``: two classes,
+    because ``torch.compile`` cannot trace an ``autograd.Function`` that defines ``jvp`` while autograd is on (it
+    breaks the graph at each norm), so the training passes use this one.
 
     ``apply`` returns (y, mu, rstd). mu and rstd are outputs (the jvp reuses them) with their own derivatives
     (backward: dx += dmu / k - rstd^2 xhat drstd / k), so that gradients through a tangent, which depends on
@@ -207,7 +211,6 @@ class _ChannelsLastGroupNorm(torch.autograd.Function):
         _, mean, rstd = output
         ctx.set_materialize_grads(False)     # unused outputs (mu, rstd as a rule) get no gradient pass
         ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.save_for_forward(x, weight, mean, rstd)
         ctx.groups = groups
 
     @staticmethod
@@ -230,11 +233,11 @@ class _ChannelsLastGroupNorm(torch.autograd.Function):
     def backward(ctx, dy, dmean, drstd):
         x, weight, mean, rstd = ctx.saved_tensors
         n, c, h, w = x.shape
-        xhat, r = _ChannelsLastGroupNorm._xhat(x, mean, rstd)
+        xhat, r = _ChannelsLastGroupNormGrad._xhat(x, mean, rstd)
         dx = dweight = dbias = None
         if dy is not None:
             dyf = dy.to(rstd.dtype)
-            dx = _ChannelsLastGroupNorm._project(dyf * weight.to(rstd.dtype)[:, None, None], xhat, r, ctx.groups)[0]
+            dx = _ChannelsLastGroupNormGrad._project(dyf * weight.to(rstd.dtype)[:, None, None], xhat, r, ctx.groups)[0]
             dweight = (dyf * xhat).sum(dim=(0, 2, 3)).to(weight.dtype)
             dbias = dyf.sum(dim=(0, 2, 3)).to(weight.dtype)
         k = (c // ctx.groups) * h * w
@@ -245,6 +248,16 @@ class _ChannelsLastGroupNorm(torch.autograd.Function):
             term = _per_channel(dmean.to(rstd.dtype) / k, c)[:, :, None, None]
             dx = torch.zeros_like(xhat) + term if dx is None else dx + term
         return (None if dx is None else dx.to(x.dtype)), dweight, dbias, None, None
+
+
+class _ChannelsLastGroupNorm(_ChannelsLastGroupNormGrad):
+    """:class:`_ChannelsLastGroupNormGrad` with its forward-mode derivative (``jvp``), for ``torch.func.jvp``
+    and ``torch.autograd.forward_ad``."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _ChannelsLastGroupNormGrad.setup_context(ctx, inputs, output)
+        ctx.save_for_forward(inputs[0], inputs[1], output[1], output[2])   # x, weight, mu, rstd
 
     @staticmethod
     def jvp(ctx, dx, dweight, dbias, _dgroups, _deps):
@@ -280,9 +293,9 @@ class GroupNorm(nn.GroupNorm):
     ``torch.compile`` where autograd is off (compiled sampling, and the target's and teacher's forward
     passes of a compiled training step), ``"always"``, or ``"never"``. Measured on an H100 (compiled, bf16,
     batch 512): one-step sampling 8.6% faster than with torch's GroupNorm. Not used by default: in eager
-    mode (torch's fused kernel is one pass; this is several) and in the training passes (its backward
-    pass is tested but has not been timed on a GPU yet). bench/step_bench.py compares the two (``fast``
-    against ``fast-library-gn``).
+    mode (torch's fused kernel is one pass; this is several) and in the training passes (timed on an H100
+    only while each norm still broke the compiled graph, see docs/speed.md; its backward pass is tested).
+    bench/step_bench.py compares them (``fast`` against ``fast-library-gn`` and ``fast-always-gn``).
 
     Forward-mode derivatives (``torch.func.jvp``, ``torch.autograd.forward_ad``): torch's GroupNorm has a
     forward-mode rule, but in torch 2.13 it fails on channels-last inputs (a view error), and under
@@ -291,7 +304,8 @@ class GroupNorm(nn.GroupNorm):
     tangent, and ``torch.compile`` traces it with autograd on or off), whatever the setting, except that
     ``"always"`` keeps :class:`_ChannelsLastGroupNorm` and its written-out ``jvp`` rule (exact, and traced
     by ``torch.compile`` with autograd off; with autograd on, ``torch.compile`` cannot trace a custom jvp
-    and breaks the graph there).
+    and breaks the graph there). Without forward-mode AD, ``"always"`` runs
+    :class:`_ChannelsLastGroupNormGrad`, which has no jvp rule and compiles whole with autograd on.
     """
     channels_last_path = "compiled_no_grad"
 
@@ -303,8 +317,9 @@ class GroupNorm(nn.GroupNorm):
         fwd = forward_ad_active()
         use = when == "always" or (when == "compiled_no_grad" and not fwd and not torch.is_grad_enabled()
                                    and torch.compiler.is_compiling())
-        if use and self.affine and _is_channels_last(x):
-            return _ChannelsLastGroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps)[0]
+        if use and self.affine and _is_channels_last(x):   # the jvp rule only where tangents are computed
+            fn = _ChannelsLastGroupNorm if fwd else _ChannelsLastGroupNormGrad
+            return fn.apply(x, self.weight, self.bias, self.num_groups, self.eps)[0]
         if fwd:                               # torch's forward-mode rule fails on channels-last and compiled
             return group_norm_by_sums(x, self.weight, self.bias, self.num_groups, self.eps)[0]
         return super().forward(x)
