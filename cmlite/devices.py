@@ -94,9 +94,10 @@ def resolve_compile(compile: bool | str, device: torch.device) -> bool:
     return compile
 
 
-# A cold compilation of a U-Net training step costs 1.5-2 minutes and then trains about 1.4x faster than
+# A cold compilation of a U-Net training step costs 1-2 minutes and then trains about 1.4x faster than
 # eager (cmlite train mnist-teacher on an H200, 2026-12-05: first step after 99.0 s against 12.4 s, 5029
 # against 3487 images/s); compiling pays back after (99.0 * 5029 - 12.4 * 3487) / (5029 - 3487) s = 4.9 min.
+# On an H100 (docs/results/2026-12-05-h100: 50.9 s at 12688 images/s against 5.5 s at 9425) it is 3.0 min.
 COMPILE_PAYS_AFTER_MINUTES = 5.0
 
 

@@ -144,7 +144,7 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
         if auto_compile and not compile_pays(minutes, os.path.exists(marker)):
             cfg.compile, marker = False, None
             say(f"compile 'auto': eager, because the compile cache does not hold this run's graphs yet and "
-                f"compiling them (1.5-2 minutes) would not pay back within a {minutes:g}-minute budget "
+                f"compiling them (1-2 minutes) would not pay back within a {minutes:g}-minute budget "
                 f"(it does from {COMPILE_PAYS_AFTER_MINUTES:g} minutes). Pass --set train.compile=True to compile")
     budget = Budget(minutes, t_start, clock)
     ckpt_path = out / CHECKPOINT
