@@ -128,6 +128,44 @@ def test_cifar_jpgbytes_npz(tmp_path):
         load_dataset("cifar10", root=tmp_path, split="test")
 
 
+def _write_jpgbytes(path, colours):
+    blobs = []
+    for c in colours:
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 32), c).save(buf, format="JPEG", quality=95)
+        blobs.append(np.frombuffer(buf.getvalue(), np.uint8))
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
+    np.savez(path, data=np.concatenate(blobs), offsets=offsets, labels=np.arange(len(colours), dtype=np.uint8))
+
+
+def test_cifar_jpgbytes_decoded_once_per_file(tmp_path, monkeypatch):
+    """The JPEGs are decoded once per file content: the next load reads the decoded copy (no decoding),
+    with the same arrays; a changed file, a damaged copy or an unwritable cache folder decode again."""
+    from cmlite.image import data as D
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    f = tmp_path / "cifar10_train_jpgbytes.npz"
+    _write_jpgbytes(f, [(250, 10, 10), (10, 250, 10)])
+    decodes = []
+    real = D._decode_jpgbytes
+    monkeypatch.setattr(D, "_decode_jpgbytes", lambda p: decodes.append(p) or real(p))
+    a = load_dataset("cifar10", root=tmp_path)
+    copies = list(D.decoded_cache_dir().glob("*.npz"))
+    assert len(decodes) == 1 and len(copies) == 1 and D.decoded_cache_dir() == tmp_path / "xdg/cmlite/decoded"
+    b = load_dataset("cifar10", root=tmp_path)
+    assert len(decodes) == 1                                              # read back, not decoded
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    _write_jpgbytes(f, [(10, 10, 250), (10, 250, 10), (250, 10, 10)])    # another file: decoded anew
+    c = load_dataset("cifar10", root=tmp_path)
+    assert len(decodes) == 2 and len(c) == 3 and c.images[0, 2].float().mean() > 200
+    copy = max(D.decoded_cache_dir().glob("*.npz"), key=lambda p: p.stat().st_mtime_ns)
+    copy.write_bytes(copy.read_bytes()[:-200])                            # a damaged copy: decoded again
+    assert torch.equal(load_dataset("cifar10", root=tmp_path).images, c.images) and len(decodes) == 3
+    assert torch.equal(load_dataset("cifar10", root=tmp_path).images, c.images) and len(decodes) == 3
+    (tmp_path / "not-a-folder").write_text("")                            # no cache folder: still loads
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-folder"))
+    assert torch.equal(load_dataset("cifar10", root=tmp_path).images, c.images) and len(decodes) == 4
+
+
 def _png(path, size=(6, 6), mode="RGB", value=100):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new(mode, size, value if mode == "L" else (value, 0, 0)).save(path)

@@ -26,10 +26,12 @@ there; :func:`synthetic_dataset` makes a small data set of shapes for tests and 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import math
 import os
 import pickle
+import zipfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -206,8 +208,53 @@ def _pmap(fn, items: list, workers: int | None = None) -> list:
         return [y for part in ex.map(lambda ch: [fn(x) for x in ch], chunks) for y in part]
 
 
+DECODED_VERSION = 1   # part of the decoded copies' names: raise it when the decoding changes
+
+
+def decoded_cache_dir() -> Path:
+    """Where decoded copies of JPEG data sets are kept: ``$XDG_CACHE_HOME/cmlite/decoded``, else
+    ``~/.cache/cmlite/decoded``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cmlite" / "decoded"
+
+
+def _cached_decode(path: Path, decode):
+    """``decode()`` -> (images, labels), kept as an uncompressed .npz in :func:`decoded_cache_dir` under the
+    sha1 of ``path``'s bytes, so a second load reads the arrays back instead of decoding again (CIFAR-10's
+    50,000 JPEGs: 6-7 s to decode, 150 MB decoded). A changed file has another sha1 and is decoded anew; a
+    copy that cannot be read is decoded again and replaced; where the folder cannot be written, every load
+    decodes."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    copy = decoded_cache_dir() / f"{path.stem}-v{DECODED_VERSION}-{h.hexdigest()[:20]}.npz"
+    try:
+        with np.load(copy) as z:                     # zip CRCs: a damaged copy raises here
+            x, y = z["images"], z["labels"]
+        if x.dtype == np.uint8 and x.ndim == 4 and len(y) == len(x):
+            return x, y
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        pass
+    x, y = decode()
+    tmp = copy.with_name(f"{copy.name}.{os.getpid()}.tmp")
+    try:
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, images=x, labels=y)
+        os.replace(tmp, copy)                        # atomic: a reader sees the whole copy or none
+    except OSError:                                  # e.g. a read-only home: decode again next time
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
+    return x, y
+
+
 def _load_jpgbytes(path: Path):
-    """(images (n, 3, H, W) uint8 RGB, labels) from JPEG bytes: image i is data[offsets[i]:offsets[i + 1]]."""
+    """(images (n, 3, H, W) uint8 RGB, labels) from JPEG bytes: image i is data[offsets[i]:offsets[i + 1]].
+    Decoded once per file: later loads read the decoded copy (:func:`_cached_decode`)."""
+    return _cached_decode(path, lambda: _decode_jpgbytes(path))
+
+
+def _decode_jpgbytes(path: Path):
     from PIL import Image
     data, off, labels = _npz_arrays(path, ("data", "offsets", "labels"))
     if len(off) != len(labels) + 1 or (len(off) and (off[0] < 0 or off[-1] > len(data) or (np.diff(off) <= 0).any())):
