@@ -112,14 +112,7 @@ def test_cifar_batches_py(tmp_path):
 
 def test_cifar_jpgbytes_npz(tmp_path):
     colours = [(250, 10, 10), (10, 250, 10), (10, 10, 250)]
-    blobs = []
-    for c in colours:
-        buf = io.BytesIO()
-        Image.new("RGB", (32, 32), c).save(buf, format="JPEG", quality=95)
-        blobs.append(np.frombuffer(buf.getvalue(), np.uint8))
-    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
-    np.savez(tmp_path / "cifar10_train_jpgbytes.npz", data=np.concatenate(blobs), offsets=offsets,
-             labels=np.array([0, 1, 2], np.uint8))
+    _write_jpgbytes(tmp_path / "cifar10_train_jpgbytes.npz", colours)   # labels 0, 1, 2
     d = load_dataset("cifar10", root=tmp_path)
     assert d.images.shape == (3, 3, 32, 32) and d.labels.tolist() == [0, 1, 2]
     means = d.images.float().mean((2, 3))
