@@ -141,6 +141,12 @@ def set_device_rng_state(device: torch.device, state: torch.Tensor | None) -> bo
     return False
 
 
+def cache_folder(name: str) -> str:
+    """cmlite's cache folder ``name``: ``$XDG_CACHE_HOME/cmlite/NAME``, else ``~/.cache/cmlite/NAME``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "cmlite", name)
+
+
 def compile_cache(folder: str | os.PathLike | None = None) -> str:
     """Keep ``torch.compile``'s caches (Inductor's FX-graph, autograd and kernel caches) in a folder that
     lasts, so that a later run of the same graphs loads them instead of compiling again: ``folder`` if
@@ -150,8 +156,7 @@ def compile_cache(folder: str | os.PathLike | None = None) -> str:
     if folder is None:
         folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if folder is None:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        folder = os.path.join(base, "cmlite", "inductor")
+        folder = cache_folder("inductor")
     folder = os.path.abspath(os.fspath(folder))
     os.makedirs(folder, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder

@@ -21,8 +21,6 @@
 #                    eager: the whole command's time, the first step's, and the steady images/s
 #                    (STARTUP_VARIANTS: which of "short cold warm eager", "cold warm eager" by default; short:
 #                    `--minutes SHORT_MIN` (0.5) with an empty cache, where compile='auto' trains eagerly)
-#   bench            in the background: bench/gpu/jvp_check.py, then bench/step_bench.py at batch 512 for the
-#                    BENCH_KINDS (ct cd) and BENCH_VARIANTS (fast fast-always-gn); `wait` waits for it too
 #   copy PATH...     files of the work folder (relative to its runs/ folder) copied to OUTDIR, '/' -> '-'
 #   fp16 RUN...      a run's EMA weights as fp16 safetensors in OUTDIR (RUN-ema-fp16.safetensors)
 # Data and weights come from the folders prepared by `bash bench/gpu/prepare.sh` (a .gpu/ folder in the checkout).
@@ -111,7 +109,7 @@ PY
       while ls $W/chains/${WAIT_FOR:-}*.running > /dev/null 2>&1 && [ $(( $(date +%s) - t0 )) -lt $3 ]; do
         sleep 5; n=$((n + 1))
         if [ $((n % 12)) = 0 ]; then echo "--- $(date +%T) running: $(ls $W/chains | grep running | tr '\n' ' ')"
-          for f in $W/logs/*/train-*.log $W/logs/*/step_bench.log; do [ -f $f ] && echo "$(basename $f): $(tail -n 1 $f | cut -c1-150)"; done; fi
+          for f in $W/logs/*/train-*.log; do echo "$(basename $f): $(tail -n 1 $f | cut -c1-150)"; done; fi
       done
       echo "--- $(date +%T) still running: $(ls $W/chains 2>/dev/null | grep running | tr '\n' ' ')"
       tail -q -n 2 $W/logs/*/train-*.log ;;
@@ -121,8 +119,7 @@ PY
   startup) shift 2
       for name in "$@"; do
         for c in ${STARTUP_VARIANTS:-cold warm eager}; do
-          [ $c = cold ] && rm -rf $W/inductor-startup-$name; rm -rf $W/startup-$c-$name
-          [ $c = short ] && rm -rf $W/inductor-startup-$name
+          case $c in cold|short) rm -rf $W/inductor-startup-$name ;; esac; rm -rf $W/startup-$c-$name
           [ $c = short ] && len="--minutes ${SHORT_MIN:-0.5}" || len="--steps ${STARTUP_STEPS:-300}"
           s=$(ms); python -m cmlite train $name $len --out $W/startup-$c-$name \
             --cache-dir $W/inductor-startup-$name $(TEACHER $name) $([ $c = eager ] && echo --set train.compile=False) \
@@ -132,14 +129,6 @@ PY
             $W/startup-$c-$name/recipe.json 2>/dev/null)
           echo "startup $name $c: whole command $(( $(ms) - s )) ms, $first, steady $speed images/s" | tee -a $L/startup.txt
         done; done ;;
-  bench) mkdir -p $W/chains $R/bench; touch $W/chains/bench.running
-      setsid nohup bash "$0" _bench "$DEST" > $L/bench.out 2>&1 < /dev/null &
-      sleep 5; cat $L/bench.out ;;
-  _bench) python bench/gpu/jvp_check.py $R/bench 2>&1 | tail -n 30 > $L/jvp_check.log
-      python bench/step_bench.py --dynamic static --batch 512 --kinds ${BENCH_KINDS:-ct cd} \
-        --variants ${BENCH_VARIANTS:-fast fast-always-gn} --out $R/bench/step_bench.json 2>&1 \
-        | grep -v -i warn > $L/step_bench.log
-      rm -f $W/chains/bench.running ;;
   copy) shift 2; for f in "$@"; do cp $R/$f "$DEST/$(echo $f | tr '/' '-')"; done; ls -la "$DEST" ;;
   fp16) shift 2; FP16 "$DEST" "$@" ;;
   *) echo "unknown stage $STAGE"; exit 2 ;;

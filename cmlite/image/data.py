@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..devices import cache_folder
+
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _ALIASES = {"mnist": "mnist", "fashion-mnist": "fashion-mnist", "fashion_mnist": "fashion-mnist",
@@ -213,8 +215,8 @@ DECODED_VERSION = 1   # part of the decoded copies' names: raise it when the dec
 
 def decoded_cache_dir() -> Path:
     """Where decoded copies of JPEG data sets are kept: ``$XDG_CACHE_HOME/cmlite/decoded``, else
-    ``~/.cache/cmlite/decoded``."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cmlite" / "decoded"
+    ``~/.cache/cmlite/decoded`` (:func:`cmlite.devices.cache_folder`)."""
+    return Path(cache_folder("decoded"))
 
 
 def _cached_decode(path: Path, decode):
