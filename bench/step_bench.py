@@ -7,6 +7,8 @@ For a U-Net preset (default ``cifar10``: EDM's 55.7M-parameter DDPM++ at 32x32x3
 * ``ict``    the same for improved CT (mu = 0: the online network is the target, lognormal indices);
 * ``cd``     the consistency-distillation step (Algorithm 2): one Heun step of the teacher (2 forwards),
              target forward, online forward + backward, updates;
+* ``sct``    the sCT step (continuous time): a JVP pass without gradient (compiled: one compiled
+             ``torch.func.jvp``), the online forward + backward, updates;
 * ``sample`` one-step sampling: noise, one forward pass of the EMA model (no grad),
 
 each through the library itself (:class:`cmlite.training.Trainer.train_step` on a
@@ -77,7 +79,7 @@ VARIANTS = {
     "fast-library-gn": dict(precision="bf16", channels_last=True, compile=True, tf32=True, gn="library"),
     "fast-always-gn": dict(precision="bf16", channels_last=True, compile=True, tf32=True, gn="always"),
 }
-KINDS = ("ct", "ict", "cd", "sample")
+KINDS = ("ct", "ict", "cd", "sct", "sample")
 GiB = 2 ** 30
 
 
@@ -526,7 +528,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.preset, args.batch, args.steps, args.repeats, args.warmup = "tiny", [4], 2, 2, 1
-        args.kinds, args.no_compile, args.device = ["ct", "ict", "cd", "sample"], True, args.device or "cpu"
+        args.kinds, args.no_compile, args.device = list(KINDS), True, args.device or "cpu"
         args.variants = ["fp32-eager", "fast"]
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.quick:  # tiny tensors: one thread ($CMLITE_THREADS), see cmlite.threads

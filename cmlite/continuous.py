@@ -104,19 +104,66 @@ def jvp(fn: Callable, primals: tuple, tangents: tuple) -> tuple[Tensor, Tensor]:
         return out, torch.zeros_like(out) if tangent is None else tangent
 
 
-def consistency_tangent(f: Callable, x_t: Tensor, t: Tensor, v: Tensor, **cond) -> tuple[Tensor, Tensor]:
+def module_jvp(module: Callable, primals: tuple, tangents: tuple, **cond) -> tuple[Tensor, Tensor]:
+    """(module(*primals, **cond), its JVP along ``tangents``) by ``torch.func.jvp``: the form of :func:`jvp`
+    that ``torch.compile`` traces (:class:`CompiledJVP`)."""
+    return torch.func.jvp(lambda *a: module(*a, **cond), primals, tangents)
+
+
+class CompiledJVP:
+    """:func:`module_jvp` compiled with ``torch.compile`` (Inductor), for the continuous-time losses' tangent
+    pass when the rest of the step is compiled (:meth:`ContinuousConsistencyLoss.compile_jvp`).
+
+    Compiling the whole ``torch.func.jvp`` call is what gives correct tangents: calling a network compiled
+    in place with dual tensors (``torch.autograd.forward_ad``) does not (its graph drops their tangents).
+    ``options`` are Inductor's; the losses pass ``fallback_random=True`` (:data:`JVP_COMPILE_OPTIONS`) for
+    this graph and the network's, so that both draw their dropout masks with torch's own random ops from
+    the same RNG state, as in eager mode."""
+
+    def __init__(self, options: dict | None = None):
+        self.options = dict(options or {})
+        self.fn = torch.compile(module_jvp, options=self.options or None)
+
+    def __call__(self, module: Callable, primals: tuple, tangents: tuple, **cond) -> tuple[Tensor, Tensor]:
+        return self.fn(module, primals, tangents, **cond)
+
+
+#: Inductor options of a compiled step with a JVP pass: torch's random ops (``fallback_random``), so that
+#: the compiled JVP graph and the compiled network draw the same dropout masks after an RNG replay.
+JVP_COMPILE_OPTIONS = {"fallback_random": True}
+
+
+def consistency_tangent(f: Callable, x_t: Tensor, t: Tensor, v: Tensor, compiled: CompiledJVP | None = None,
+                        **cond) -> tuple[Tensor, Tensor]:
     r"""(f(x_t, t), g) with g = d/dt f(x_t, t) along dx_t/dt = v, i.e. the Jacobian-vector product
 
     .. math:: g = \partial_t f(x_t, t) + \partial_x f(x_t, t)\, v
 
-    computed by one forward-mode pass (:func:`jvp` over (x_t, t) with tangents (v, 1)), without
-    gradient. ``f`` is a consistency model (e.g. the target network); ``cond`` goes to it."""
+    computed by one forward-mode pass (:func:`jvp` over (x_t, t) with tangents (v, 1), or ``compiled``, a
+    :class:`CompiledJVP`), without gradient. ``f`` is a consistency model (e.g. the target network);
+    ``cond`` goes to it."""
     with torch.no_grad():
+        if compiled is not None:
+            return compiled(f, (x_t, t), (v, torch.ones_like(t)), **cond)
         return jvp(lambda a, b: f(a, b, **cond), (x_t, t), (v, torch.ones_like(t)))
 
 
+class _JVPPass:
+    """The tangent pass of a continuous-time loss: eager forward mode by default; :meth:`compile_jvp` makes it
+    a :class:`CompiledJVP` (the :class:`~cmlite.training.Trainer` calls it when it compiles the network, with
+    the network's Inductor options merged with :attr:`compile_options`)."""
+
+    #: Inductor options the network needs beside this loss's compiled JVP pass (the Trainer merges them)
+    compile_options = JVP_COMPILE_OPTIONS
+    compiled_jvp: CompiledJVP | None = None
+
+    def compile_jvp(self, options: dict | None = None) -> None:
+        """Compute the tangent with a :class:`CompiledJVP` with ``options`` (plus :attr:`compile_options`)."""
+        self.compiled_jvp = CompiledJVP({**(options or {}), **self.compile_options})
+
+
 # ---------------------------------------------------------------- continuous-time CD and CT (CM, Appendix B.3)
-class ContinuousConsistencyLoss:
+class ContinuousConsistencyLoss(_JVPPass):
     r"""Shared machinery of :class:`ContinuousCTLoss` and :class:`ContinuousCDLoss`.
 
     Args:
@@ -194,7 +241,8 @@ class ContinuousConsistencyLoss:
         with torch.no_grad():
             v = self.velocity(x, z, x_t, t, **cond)
         rng = _RNGState(x.device) if self.share_dropout else None
-        _, g = consistency_tangent(_unwrap(model if target is None else target), x_t, t, v, **cond)
+        _, g = consistency_tangent(_unwrap(model if target is None else target), x_t, t, v,
+                                   compiled=self.compiled_jvp, **cond)
         if rng is not None:
             rng.restore()
         d = x[0].numel()
@@ -233,7 +281,7 @@ class ContinuousCDLoss(ContinuousConsistencyLoss):
 
 
 # ---------------------------------------------------------------- sCM (TrigFlow)
-class SCMLoss:
+class SCMLoss(_JVPPass):
     r"""sCM's continuous-time objective (Lu & Song 2025, Algorithm 1) for a TrigFlow model
     (``ConsistencyModel(net, parameterization="trigflow", adaptive_weight=True)``).
 
@@ -308,9 +356,12 @@ class SCMLoss:
         c, sn = torch.cos(s), torch.sin(s)
         cs = append_dims(c * sn, x_s.ndim)
         c_noise_dot = {"t": sd * c * sn, "edm": torch.full_like(s, sd / 4)}[tm.trig_c_noise]  # sd cos sin c_noise'
+        primals, tangents = (x_s / sd, trigflow_c_noise(s, tm.trig_c_noise, sd)), (cs * v, c_noise_dot)
         with torch.no_grad():
-            F_minus, sdcs_dF = jvp(lambda a, b: tm.net(a, b, **cond),
-                                   (x_s / sd, trigflow_c_noise(s, tm.trig_c_noise, sd)), (cs * v, c_noise_dot))
+            if self.compiled_jvp is not None:
+                F_minus, sdcs_dF = self.compiled_jvp(tm.net, primals, tangents, **cond)
+            else:
+                F_minus, sdcs_dF = jvp(lambda a, b: tm.net(a, b, **cond), primals, tangents)
             c2 = append_dims(c * c, x_s.ndim)
             g = -c2 * (sd * F_minus - v) - r * (cs * x_s + sdcs_dF)
         return F_minus, g

@@ -108,9 +108,19 @@ class TrainConfig:
 RESUMABLE_CHANGES = frozenset({"steps", "device", "log_every", "compile", "seed"})  # seed: RNG states come from the file
 
 
-def compile_net(net: nn.Module, channels_last: bool = False, mode: str | None = None) -> nn.Module:
-    """Compile ``net`` in place with ``torch.compile`` (Inductor, in ``mode``: None is the default mode, or
-    e.g. "max-autotune-no-cudagraphs") and return it.
+def compile_options(channels_last: bool = False, mode: str | None = None, extra: dict | None = None) -> dict:
+    """Inductor's options for :func:`compile_net`: those of ``mode`` (None is the default mode, or e.g.
+    "max-autotune-no-cudagraphs"), ``force_layout_optimization`` with ``channels_last``, then ``extra``."""
+    from torch._inductor import list_mode_options
+    options = dict(list_mode_options(mode)) if mode else {}   # torch.compile takes a mode or options, not both
+    if channels_last:
+        options["force_layout_optimization"] = True
+    return {**options, **(extra or {})}
+
+
+def compile_net(net: nn.Module, channels_last: bool = False, mode: str | None = None,
+                extra: dict | None = None) -> nn.Module:
+    """Compile ``net`` in place with ``torch.compile`` (Inductor, with :func:`compile_options`) and return it.
 
     With ``channels_last``, Inductor is told to keep the tensors around every convolution channels-last
     (its ``force_layout_optimization``). Left to its own heuristic, Inductor turns this layout optimisation
@@ -119,11 +129,7 @@ def compile_net(net: nn.Module, channels_last: bool = False, mode: str | None = 
     activations it then writes in the default layout reach cuDNN, which copies each one to channels-last
     before the convolution and its backward pass (bench/step_bench.py's ``fast-heuristic`` variant
     measures that layout against this one; the README's speed section has the numbers)."""
-    from torch._inductor import list_mode_options
-    options = dict(list_mode_options(mode)) if mode else {}   # torch.compile takes a mode or options, not both
-    if channels_last:
-        options["force_layout_optimization"] = True
-    net.compile(options=options or None)
+    net.compile(options=compile_options(channels_last, mode, extra) or None)
     return net
 
 
@@ -283,9 +289,14 @@ class Trainer:
         if cfg.compile:
             if self.device.type == "cuda":
                 torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions
+            # a loss with a tangent pass (the continuous-time ones) compiles it too, and says which Inductor
+            # options the network then needs (compile_options: the same dropout masks in both graphs)
+            extra = getattr(loss, "compile_options", None)
             for m in (self.model, self.target):  # the EMA is only sampled from: left eager
                 if m is not None:
-                    compile_net(getattr(m, "net", m), cfg.channels_last)
+                    compile_net(getattr(m, "net", m), cfg.channels_last, extra=extra)
+            if hasattr(loss, "compile_jvp"):
+                loss.compile_jvp(compile_options(cfg.channels_last))
         self.ddp = None
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel

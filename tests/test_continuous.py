@@ -100,7 +100,7 @@ def test_continuous_gradient_is_the_limit_of_n_minus_1_times_the_discrete_one(ki
 def test_limit_check_catches_a_tangent_without_its_time_derivative():
     # planted bug: the JVP's time tangent set to 0. The continuous gradient then misses d_t f, and the discrete
     # gradients converge to something else: the error stalls instead of halving.
-    def no_time_tangent(f, x_t, t, v, **cond):
+    def no_time_tangent(f, x_t, t, v, compiled=None, **cond):
         with torch.no_grad():
             return cc.jvp(lambda a, b: f(a, b, **cond), (x_t, t), (v, torch.zeros_like(t)))
     errs = _limit_errors("ct", no_time_tangent)

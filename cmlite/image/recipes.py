@@ -30,8 +30,6 @@ from ..training import TrainConfig
 from .unet import UNet, unet_config
 
 METHODS = ("teacher", "cd", "ct", "ict", "cct", "sct", "ect")
-#: Methods whose loss differentiates the network in forward mode: they train eager (see :func:`build`).
-JVP_METHODS = ("cct", "sct")
 
 
 @dataclass
@@ -53,8 +51,8 @@ class Recipe:
     off: a TrigFlow network outputs -F of an EDM one at another time input). ECT
     (:class:`~cmlite.continuous.ECTLoss`): pairs r < t whose gap shrinks by ``q`` per stage over ``stages``
     stages, with ``distance`` and ``weighting`` ('ict': 1/(t - r)); from scratch, or tuned from a teacher
-    run when one is given (``--teacher RUN``), as ECT tunes a diffusion model. cCT and sCT train without
-    ``torch.compile`` (``train.compile=False``; :data:`JVP_METHODS`).
+    run when one is given (``--teacher RUN``), as ECT tunes a diffusion model. Compiled, cCT and sCT compute
+    their tangents with one compiled ``torch.func.jvp`` (:class:`cmlite.continuous.CompiledJVP`).
     ``two_step_tau``: the default second time of two-step sampling (0.585: the official CIFAR-10 choice).
     """
     name: str
@@ -159,9 +157,9 @@ def _recipes() -> dict[str, Recipe]:
         add(f"{ds}-ict", ds, "ict", "mnist-small", _gpu(steps=20000, batch_size=256, lr=4e-4, ema_rate=0.999),
             distance="pseudo_huber", weighting="ict", s0=10, s1=1280, minutes=8,
             net_overrides={"dropout": 0.2})
-        # continuous time: sCT's step is a JVP pass, a forward and a backward pass, eager (JVP_METHODS)
-        add(f"{ds}-sct", ds, "sct", "mnist-small", _gpu(steps=20000, batch_size=256, lr=4e-4, ema_rate=0.999,
-                                                        compile=False), init_from_teacher=False, minutes=8)
+        # continuous time: sCT's step is a JVP pass (no gradient), a forward and a backward pass
+        add(f"{ds}-sct", ds, "sct", "mnist-small", _gpu(steps=20000, batch_size=256, lr=4e-4, ema_rate=0.999),
+            init_from_teacher=False, minutes=8)
         add(f"{ds}-ect", ds, "ect", "mnist-small", _gpu(steps=20000, batch_size=256, lr=4e-4, ema_rate=0.999),
             distance="pseudo_huber", weighting="ict", minutes=8, net_overrides={"dropout": 0.2})
     cifar = dict(net="cifar10-small", flip=True)
@@ -174,8 +172,8 @@ def _recipes() -> dict[str, Recipe]:
     add("cifar10-ict", "cifar10", "ict", train=_gpu(steps=20000, batch_size=512, lr=4e-4, ema_rate=0.999),
         distance="pseudo_huber", weighting="ict", s0=10, s1=1280, minutes=9,
         net_overrides={"dropout": 0.3}, **cifar)
-    add("cifar10-sct", "cifar10", "sct", train=_gpu(steps=20000, batch_size=512, lr=4e-4, ema_rate=0.999,
-                                                    compile=False), init_from_teacher=False, minutes=9, **cifar)
+    add("cifar10-sct", "cifar10", "sct", train=_gpu(steps=20000, batch_size=512, lr=4e-4, ema_rate=0.999),
+        init_from_teacher=False, minutes=9, **cifar)
     add("cifar10-ect", "cifar10", "ect", train=_gpu(steps=20000, batch_size=512, lr=4e-4, ema_rate=0.999),
         distance="pseudo_huber", weighting="ict", minutes=9, net_overrides={"dropout": 0.2}, **cifar)
     # CPU: a tiny U-Net on the project's synthetic shapes (tests, the book's fast mode)
@@ -222,11 +220,6 @@ def build(recipe: Recipe, net: UNet, teacher=None, steps: int | None = None):
     K = steps or recipe.train.steps
     if recipe.method == "teacher":
         return EDMDenoiser(net), DenoisingScoreMatchingLoss(), None
-    if recipe.method in JVP_METHODS and recipe.train.compile is not False:
-        raise ValueError(f"recipe method {recipe.method!r} takes forward-mode derivatives of the network (a JVP), "
-                         "and a network compiled in place gets them wrong in torch 2.13 (Inductor's compiled graph "
-                         "drops the tangents of dual inputs: off by percents, without an error): set "
-                         f"train.compile=False (got {recipe.train.compile!r})")
     if recipe.method == "sct":
         if recipe.tangent_c is None or not recipe.tangent_c > 0:
             raise ValueError(f"recipe method 'sct' needs tangent_c > 0 (sCM's 0.1); got {recipe.tangent_c!r}")

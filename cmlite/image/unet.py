@@ -27,9 +27,9 @@ a network compiled in place and called with dual tensors: in torch 2.13 Inductor
 their tangents (wrong by percents, no error). While forward-mode AD is active (:func:`forward_ad_active`)
 GroupNorm computes its statistics with plain ops (:func:`group_norm_by_sums`; its channels-last autograd
 Function also has a written-out JVP rule) and attention its explicit softmax formula
-(:attr:`Attention.math_path`). Dropout's tangent uses its primal's mask; under ``torch.func.jvp`` (not
-``torch.autograd.forward_ad``) a channels-last tensor's mask is drawn in another order than in eager mode,
-so there take the primal output from the same ``jvp`` call as the tangent.
+(:attr:`Attention.math_path`). Dropout's tangent uses its primal's mask, and :func:`dropout` draws that
+mask in the same order in a plain pass, in both forward-mode APIs and in a compiled graph with Inductor's
+``fallback_random`` (same RNG state, same mask).
 """
 from __future__ import annotations
 
@@ -144,6 +144,19 @@ def forward_ad_active() -> bool:
     level) or a ``torch.autograd.forward_ad.dual_level()`` block. ``torch.compile`` guards on this level, so
     a compiled graph is specialised on it."""
     return torch.autograd.forward_ad._current_level >= 0
+
+
+def dropout(h: Tensor, p: float, training: bool) -> Tensor:
+    """Dropout, h * keep / (1 - p) with keep = (U >= p) for U uniform on [0, 1), whose mask is drawn in h's
+    logical (N, C, H, W) order whatever its memory layout: the same RNG state gives the same mask in a plain
+    forward pass, under ``torch.func.jvp`` and ``torch.autograd.forward_ad``, eager or compiled with
+    Inductor's ``fallback_random``. ``F.dropout`` under ``torch.func.jvp`` draws a channels-last tensor's mask
+    in another order than in a plain pass, and the continuous-time losses need the JVP pass and the online
+    pass to drop the same units."""
+    if not training or p == 0:
+        return h
+    keep = torch.rand(h.shape, device=h.device) >= p
+    return h * keep.to(h.dtype) * (1.0 / (1.0 - p))
 
 
 def _per_channel(t: Tensor, c: int) -> Tensor:
@@ -454,7 +467,7 @@ class ResBlock(nn.Module):
             h = F.silu(torch.addcmul(shift, self.norm1(h), scale + 1))
         else:
             h = F.silu(self.norm1(h + p))
-        h = self.conv1(F.dropout(h, p=self.dropout, training=self.training))
+        h = self.conv1(dropout(h, self.dropout, self.training))
         skip = x if self.skip is None else self.skip(self.resample(x))
         x = (h + skip) * SKIP_SCALE
         return x if self.attn is None else self.attn(x)
