@@ -37,7 +37,7 @@ def test_flop_counts_follow_the_steps(tmp_path):
 def test_quick_self_check_measures_every_kind_and_variant(tmp_path):
     res = _run(tmp_path, "--quick")
     done = {(r["kind"], r["variant"]) for r in res["results"] if "error" not in r}
-    assert done == {(k, v) for k in ("ct", "ict", "cd", "sample") for v in ("fp32-eager", "fast")}
+    assert done == {(k, v) for k in ("ct", "ict", "cd", "sct", "sample") for v in ("fp32-eager", "fast")}
     for r in res["results"]:
         assert r["images_per_s"] > 0 and r["s_per_step"] > 0
 

@@ -13,6 +13,7 @@
 # machine stays up; every stage below can be given again, in a later command):
 #   start CHAIN...   each CHAIN ("recipe:minutes recipe:minutes ...", run one after the other; a *-cd
 #                    recipe distils the same data set's *-teacher run) trains in a background process
+#                    (TRAIN_SET="key=value ...": --set overrides for every run of the chains)
 #   wait SECONDS     until every chain (WAIT_FOR=prefix: every chain whose first recipe starts so) has
 #                    finished, or SECONDS have passed; progress every minute
 #   eval RUN...      `cmlite eval` of runs of one data set (Inception and classifier FID, 1- and 2-step or
@@ -49,7 +50,7 @@ python -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
   echo "source sha1 $(find cmlite bench -path bench/out -prune -o \( -name '*.py' -o -name '*.sh' \) -print | LC_ALL=C sort | xargs sha1sum | sha1sum | cut -c1-40)"
 } > $L/commit.txt 2>/dev/null || true   # HEAD may be older than the files: the source sha1 names what ran
 T() { local name=$1; shift; echo "=== train $name $(date +%T)"; local t0=$(date +%s)
-      python -m cmlite train $name --out $R/$name "$@" 2>&1 | tr '\r' '\n' | grep -v '^\s*$' \
+      python -m cmlite train $name --out $R/$name "$@" ${TRAIN_SET:+--set $TRAIN_SET} 2>&1 | tr '\r' '\n' | grep -v '^\s*$' \
         | awk 'NR%20==1 || /Error|error|Traceback|steps,|first step|calibrat/' > $L/train-$name.log
       echo "$name wall $(( $(date +%s) - t0 )) s" | tee -a $L/train-$name.log; }
 SAMPLES() { for r in "$@"; do for k in 1 2; do
