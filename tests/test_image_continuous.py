@@ -186,17 +186,21 @@ def test_bf16_channels_last_step_matches_fp32(name):
 
 
 @pytest.mark.slow
-def test_compiled_sct_step_matches_eager_step():
-    # Compiled, sCT's step is two Inductor graphs: the network's (forward and backward) and one compiled
+@pytest.mark.parametrize("name", ["tiny-sct", "tiny-cct"])
+def test_compiled_continuous_step_matches_eager_step(name):
+    # Compiled, an sCT (or cCT) step is two Inductor graphs: the network's (forward and backward) and one compiled
     # torch.func.jvp for the tangent, both with torch's own random ops (fallback_random), so that after the
     # loss's RNG replay both drop the same units. The step must equal the eager one to float rounding
     # (Inductor fuses and reorders reductions: ~1e-6 relative per op, a few dozen ops deep; measured 8e-8 on
     # the gradient). With dropout 0.1, masks drawn by Inductor's own RNG (JVP_COMPILE_OPTIONS emptied) differ
     # between the two graphs: measured 1.5e-2 on the gradient, 15 times the tolerance (the loss, near its
     # minimum at initialisation, moves by only 1.4e-4).
-    loss0, grad0 = _one_step("tiny-sct", "fp32", True, dropout=0.1)
-    loss_c, grad_c = _one_step("tiny-sct", "fp32", True, compiled=True, dropout=0.1)
-    assert loss_c == pytest.approx(loss0, rel=1e-4), (loss0, loss_c)
+    # cCT's JVP runs through the consistency model's wrapper: 2.6e-7 on the gradient, and 0.13 without
+    # fallback_random.
+    # cCT's loss is a pseudo-objective near 0: its tolerance is absolute, on the scale of the loss.
+    loss0, grad0 = _one_step(name, "fp32", True, dropout=0.1)
+    loss_c, grad_c = _one_step(name, "fp32", True, compiled=True, dropout=0.1)
+    assert abs(loss_c - loss0) <= 1e-4 * max(abs(loss0), 0.05), (loss0, loss_c)
     assert float((grad_c - grad0).norm() / grad0.norm()) < 1e-3
 
 
