@@ -122,7 +122,9 @@ class CompiledJVP:
 
     def __init__(self, options: dict | None = None):
         self.options = dict(options or {})
-        self.fn = torch.compile(module_jvp, options=self.options or None)
+        # static shapes: a recompilation (another module, another batch size) must not turn the sizes
+        # symbolic, which forward-mode AD cannot trace in torch 2.13 (make_dual needs concrete strides)
+        self.fn = torch.compile(module_jvp, dynamic=False, options=self.options or None)
 
     def __call__(self, module: Callable, primals: tuple, tangents: tuple, **cond) -> tuple[Tensor, Tensor]:
         return self.fn(module, primals, tangents, **cond)

@@ -198,6 +198,8 @@ def test_compiled_continuous_step_matches_eager_step(name):
     # cCT's JVP runs through the consistency model's wrapper: 2.6e-7 on the gradient, and 0.13 without
     # fallback_random.
     # cCT's loss is a pseudo-objective near 0: its tolerance is absolute, on the scale of the loss.
+    # Run after sCT in one process, cCT recompiles the JVP function (another module): with automatic
+    # dynamic shapes that recompilation made the sizes symbolic and forward-mode AD failed to trace.
     loss0, grad0 = _one_step(name, "fp32", True, dropout=0.1)
     loss_c, grad_c = _one_step(name, "fp32", True, compiled=True, dropout=0.1)
     assert abs(loss_c - loss0) <= 1e-4 * max(abs(loss0), 0.05), (loss0, loss_c)
