@@ -112,7 +112,7 @@ def module_jvp(module: Callable, primals: tuple, tangents: tuple, **cond) -> tup
 
 class CompiledJVP:
     """:func:`module_jvp` compiled with ``torch.compile`` (Inductor), for the continuous-time losses' tangent
-    pass when the rest of the step is compiled (:meth:`ContinuousConsistencyLoss.compile_jvp`).
+    pass when the rest of the step is compiled (the losses' ``compile_jvp``).
 
     Compiling the whole ``torch.func.jvp`` call is what gives correct tangents: calling a network compiled
     in place with dual tensors (``torch.autograd.forward_ad``) does not (its graph drops their tangents).
@@ -121,10 +121,9 @@ class CompiledJVP:
     the same RNG state, as in eager mode."""
 
     def __init__(self, options: dict | None = None):
-        self.options = dict(options or {})
         # static shapes: a recompilation (another module, another batch size) must not turn the sizes
         # symbolic, which forward-mode AD cannot trace in torch 2.13 (make_dual needs concrete strides)
-        self.fn = torch.compile(module_jvp, dynamic=False, options=self.options or None)
+        self.fn = torch.compile(module_jvp, dynamic=False, options=dict(options or {}) or None)
 
     def __call__(self, module: Callable, primals: tuple, tangents: tuple, **cond) -> tuple[Tensor, Tensor]:
         return self.fn(module, primals, tangents, **cond)
@@ -135,19 +134,26 @@ class CompiledJVP:
 JVP_COMPILE_OPTIONS = {"fallback_random": True}
 
 
+def tangent_pass(module: Callable, primals: tuple, tangents: tuple, compiled: CompiledJVP | None = None,
+                 **cond) -> tuple[Tensor, Tensor]:
+    """(module(*primals, **cond), its JVP along ``tangents``), without gradient: by ``compiled`` (a
+    :class:`CompiledJVP`) when given, else by eager forward mode (:func:`jvp`)."""
+    with torch.no_grad():
+        if compiled is not None:
+            return compiled(module, primals, tangents, **cond)
+        return jvp(lambda *a: module(*a, **cond), primals, tangents)
+
+
 def consistency_tangent(f: Callable, x_t: Tensor, t: Tensor, v: Tensor, compiled: CompiledJVP | None = None,
                         **cond) -> tuple[Tensor, Tensor]:
     r"""(f(x_t, t), g) with g = d/dt f(x_t, t) along dx_t/dt = v, i.e. the Jacobian-vector product
 
     .. math:: g = \partial_t f(x_t, t) + \partial_x f(x_t, t)\, v
 
-    computed by one forward-mode pass (:func:`jvp` over (x_t, t) with tangents (v, 1), or ``compiled``, a
-    :class:`CompiledJVP`), without gradient. ``f`` is a consistency model (e.g. the target network);
-    ``cond`` goes to it."""
-    with torch.no_grad():
-        if compiled is not None:
-            return compiled(f, (x_t, t), (v, torch.ones_like(t)), **cond)
-        return jvp(lambda a, b: f(a, b, **cond), (x_t, t), (v, torch.ones_like(t)))
+    computed by one forward-mode pass (:func:`tangent_pass` over (x_t, t) with tangents (v, 1): eager, or
+    ``compiled``, a :class:`CompiledJVP`), without gradient. ``f`` is a consistency model (e.g. the target
+    network); ``cond`` goes to it."""
+    return tangent_pass(f, (x_t, t), (v, torch.ones_like(t)), compiled, **cond)
 
 
 class _JVPPass:
@@ -358,12 +364,9 @@ class SCMLoss(_JVPPass):
         c, sn = torch.cos(s), torch.sin(s)
         cs = append_dims(c * sn, x_s.ndim)
         c_noise_dot = {"t": sd * c * sn, "edm": torch.full_like(s, sd / 4)}[tm.trig_c_noise]  # sd cos sin c_noise'
-        primals, tangents = (x_s / sd, trigflow_c_noise(s, tm.trig_c_noise, sd)), (cs * v, c_noise_dot)
+        F_minus, sdcs_dF = tangent_pass(tm.net, (x_s / sd, trigflow_c_noise(s, tm.trig_c_noise, sd)),
+                                        (cs * v, c_noise_dot), self.compiled_jvp, **cond)
         with torch.no_grad():
-            if self.compiled_jvp is not None:
-                F_minus, sdcs_dF = self.compiled_jvp(tm.net, primals, tangents, **cond)
-            else:
-                F_minus, sdcs_dF = jvp(lambda a, b: tm.net(a, b, **cond), primals, tangents)
             c2 = append_dims(c * c, x_s.ndim)
             g = -c2 * (sd * F_minus - v) - r * (cs * x_s + sdcs_dF)
         return F_minus, g

@@ -141,6 +141,15 @@ def set_device_rng_state(device: torch.device, state: torch.Tensor | None) -> bo
     return False
 
 
+def file_sha1(path: str | os.PathLike) -> str:
+    """The sha1 hex digest of a file's bytes, read in 4 MiB blocks."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def cache_folder(name: str) -> str:
     """cmlite's cache folder ``name``: ``$XDG_CACHE_HOME/cmlite/NAME``, else ``~/.cache/cmlite/NAME``."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")

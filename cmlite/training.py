@@ -108,7 +108,7 @@ class TrainConfig:
 RESUMABLE_CHANGES = frozenset({"steps", "device", "log_every", "compile", "seed"})  # seed: RNG states come from the file
 
 
-def compile_options(channels_last: bool = False, mode: str | None = None, extra: dict | None = None) -> dict:
+def inductor_options(channels_last: bool = False, mode: str | None = None, extra: dict | None = None) -> dict:
     """Inductor's options for :func:`compile_net`: those of ``mode`` (None is the default mode, or e.g.
     "max-autotune-no-cudagraphs"), ``force_layout_optimization`` with ``channels_last``, then ``extra``."""
     from torch._inductor import list_mode_options
@@ -120,7 +120,7 @@ def compile_options(channels_last: bool = False, mode: str | None = None, extra:
 
 def compile_net(net: nn.Module, channels_last: bool = False, mode: str | None = None,
                 extra: dict | None = None) -> nn.Module:
-    """Compile ``net`` in place with ``torch.compile`` (Inductor, with :func:`compile_options`) and return it.
+    """Compile ``net`` in place with ``torch.compile`` (Inductor, with :func:`inductor_options`) and return it.
 
     With ``channels_last``, Inductor is told to keep the tensors around every convolution channels-last
     (its ``force_layout_optimization``). Left to its own heuristic, Inductor turns this layout optimisation
@@ -129,7 +129,7 @@ def compile_net(net: nn.Module, channels_last: bool = False, mode: str | None = 
     activations it then writes in the default layout reach cuDNN, which copies each one to channels-last
     before the convolution and its backward pass (bench/step_bench.py's ``fast-heuristic`` variant
     measures that layout against this one; the README's speed section has the numbers)."""
-    net.compile(options=compile_options(channels_last, mode, extra) or None)
+    net.compile(options=inductor_options(channels_last, mode, extra) or None)
     return net
 
 
@@ -296,7 +296,7 @@ class Trainer:
                 if m is not None:
                     compile_net(getattr(m, "net", m), cfg.channels_last, extra=extra)
             if hasattr(loss, "compile_jvp"):
-                loss.compile_jvp(compile_options(cfg.channels_last))
+                loss.compile_jvp(inductor_options(cfg.channels_last))
         self.ddp = None
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel

@@ -26,7 +26,6 @@ there; :func:`synthetic_dataset` makes a small data set of shapes for tests and 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import math
 import os
@@ -41,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..devices import cache_folder
+from ..devices import cache_folder, file_sha1
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -225,11 +224,7 @@ def _cached_decode(path: Path, decode):
     50,000 JPEGs: 6-7 s to decode, 150 MB decoded). A changed file has another sha1 and is decoded anew; a
     copy that cannot be read is decoded again and replaced; where the folder cannot be written, every load
     decodes."""
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    copy = decoded_cache_dir() / f"{path.stem}-v{DECODED_VERSION}-{h.hexdigest()[:20]}.npz"
+    copy = decoded_cache_dir() / f"{path.stem}-v{DECODED_VERSION}-{file_sha1(path)[:20]}.npz"
     try:
         with np.load(copy) as z:                     # zip CRCs: a damaged copy raises here
             x, y = z["images"], z["labels"]

