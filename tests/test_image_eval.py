@@ -157,3 +157,14 @@ def test_classifier_trains_and_plugs_into_fid(tmp_path):
     assert info == {"test_accuracy": acc, "dataset": "halves"}
     assert torch.allclose(classifier_features(model2)(test.images[:5]), f)
     assert math.isfinite(same)
+
+
+def test_verify_sha1_checks_each_expected_digest(tmp_path):
+    # a file hashed once per process: a later check against another digest must still fail
+    import hashlib
+    from cmlite.image.fid import verify_sha1
+    f = tmp_path / "w.pt"
+    f.write_bytes(b"weights")
+    verify_sha1(f, hashlib.sha1(b"weights").hexdigest())
+    with pytest.raises(ValueError, match="is not the expected"):
+        verify_sha1(f, "0" * 40)

@@ -50,7 +50,7 @@ INCEPTION_FILE = "default_1.pt"
 
 FeatureFn = Callable[[Tensor], Tensor]
 
-_VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime) of files whose sha1 matched
+_VERIFIED: set[tuple[str, int, int, str]] = set()  # (path, size, mtime, sha1) of files whose sha1 matched
 
 
 def _default_device() -> torch.device:
@@ -104,7 +104,7 @@ def verify_sha1(path: str | os.PathLike, expected: str = INCEPTION_SHA1) -> None
     """Raise ``ValueError`` unless the file's sha1 is ``expected``; each file is hashed once per process."""
     p = Path(path).resolve()
     st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
+    key = (str(p), st.st_size, st.st_mtime_ns, expected.lower())   # verified against this digest
     if key in _VERIFIED:
         return
     digest = file_sha1(p)
