@@ -7,9 +7,9 @@ r"""Which device, arithmetic and compilation a run uses: the ``"auto"`` settings
   ``fp16`` autocast with loss scaling (``torch.amp.GradScaler``) on older cards (a T4, a V100), whose
   bfloat16 is emulated or absent; ``fp32`` on a CPU and on ``mps``. Master weights stay float32 throughout.
 * ``compile="auto"``: ``torch.compile`` on CUDA only (on a CPU compiling costs minutes and gains little).
-  A time-budgeted ``cmlite train`` narrows it further (:func:`compile_pays`): a budget under
-  :data:`COMPILE_PAYS_AFTER_MINUTES` trains eagerly unless this machine's compile cache already holds the
-  run's graphs, because a cold compilation would not earn its time back within the budget.
+  ``cmlite train`` decides when (:func:`compile_plan`): at once where this machine's compile cache already
+  holds the run's graphs; otherwise it trains eagerly while another process compiles them, and goes on
+  compiled when they are ready (:mod:`cmlite.image.compile_ahead`).
 
 :func:`device_rng_state` / :func:`set_device_rng_state` save and restore the random generator of the
 device a run draws from (CUDA or mps), so that a checkpoint resumes exactly there too.
@@ -102,10 +102,28 @@ COMPILE_PAYS_AFTER_MINUTES = 5.0
 
 
 def compile_pays(minutes: float | None, warm: bool) -> bool:
-    """Whether ``compile='auto'`` compiles a CUDA run: always without a time budget (``minutes`` None) or
+    """Whether compiling before the first step pays: always without a time budget (``minutes`` None) or
     with a warm compile cache (the graphs load in seconds), else only for budgets of at least
     :data:`COMPILE_PAYS_AFTER_MINUTES`."""
     return minutes is None or warm or minutes >= COMPILE_PAYS_AFTER_MINUTES
+
+
+# Compiling in another process costs the run only the seconds in which it loads the finished graphs from the
+# cache (3-5 s measured on a CPU); it pays where the budget outlasts the compilation (45-130 s on an H100)
+COMPILE_AHEAD_MIN_MINUTES = 2.0
+
+
+def compile_plan(minutes: float | None, warm: bool, processes: int = 1) -> str:
+    """What ``compile='auto'`` does in a CUDA run: 'now' (compile before the first step), 'ahead' (train
+    eagerly while another process compiles, then go on compiled; :mod:`cmlite.image.compile_ahead`) or
+    'eager'. A warm cache: 'now'. Cold, in one process: 'ahead' without a budget or with one of at least
+    :data:`COMPILE_AHEAD_MIN_MINUTES`, else 'eager'. Cold, under ``torchrun`` (every rank would need
+    its own): 'now' where :func:`compile_pays`, else 'eager'."""
+    if warm:
+        return "now"
+    if processes == 1:
+        return "ahead" if minutes is None or minutes >= COMPILE_AHEAD_MIN_MINUTES else "eager"
+    return "now" if compile_pays(minutes, warm) else "eager"
 
 
 def compile_marker(cache_dir: str | os.PathLike, key: dict) -> str:

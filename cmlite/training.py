@@ -287,16 +287,7 @@ class Trainer:
         self.target = copy.deepcopy(self.model).requires_grad_(False) if schedule is not None else None
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         if cfg.compile:
-            if self.device.type == "cuda":
-                torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions
-            # a loss with a tangent pass (the continuous-time ones) compiles it too, and says which Inductor
-            # options the network then needs (compile_options: the same dropout masks in both graphs)
-            extra = getattr(loss, "compile_options", None)
-            for m in (self.model, self.target):  # the EMA is only sampled from: left eager
-                if m is not None:
-                    compile_net(getattr(m, "net", m), cfg.channels_last, extra=extra)
-            if hasattr(loss, "compile_jvp"):
-                loss.compile_jvp(inductor_options(cfg.channels_last))
+            self.compile_graphs()
         self.ddp = None
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -316,6 +307,24 @@ class Trainer:
         self.step = 0
         self.history: dict[str, list] = {"step": [], "loss": [], "N": [], "mu": [], "lr": [], "skipped": []}
         self._pending: list[tuple[dict, Tensor]] = []  # records whose loss is still on the device
+
+    def compile_graphs(self) -> None:
+        """Compile the online and target networks in place (:func:`compile_net`), and the loss's tangent pass
+        where it has one; sets ``config.compile``. ``__init__`` calls it when ``config.compile`` is on; a run
+        that trained eagerly so far calls it later (:mod:`cmlite.image.compile_ahead`). The EMA, which is only
+        sampled from, stays eager."""
+        cfg = self.config
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions
+        # a loss with a tangent pass (the continuous-time ones) compiles it too, and says which Inductor
+        # options the network then needs (compile_options: the same dropout masks in both graphs)
+        extra = getattr(self.loss, "compile_options", None)
+        for m in (self.model, self.target):
+            if m is not None:
+                compile_net(getattr(m, "net", m), cfg.channels_last, extra=extra)
+        if hasattr(self.loss, "compile_jvp"):
+            self.loss.compile_jvp(inductor_options(cfg.channels_last))
+        cfg.compile = True
 
     # ------------------------------------------------------------ one step
     def _lr(self) -> float:

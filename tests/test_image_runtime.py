@@ -208,17 +208,52 @@ def test_a_gpu_recipe_trains_on_this_cpu_without_overrides(tmp_path, monkeypatch
     assert (t["device"], t["precision"], t["compile"], s["device"]) == ("cpu", "fp32", False, "cpu")
 
 
-def test_auto_compile_is_eager_for_short_budgets_until_the_cache_is_warm(tmp_path, monkeypatch):
-    """compile='auto' on a (pretended) GPU: a run without a budget compiles and marks the cache; a short
-    budget then compiles too (its graphs are cached), while a short budget with other graphs (another
-    batch size) trains eagerly. compile_net is replaced by a recorder (a CPU compile takes minutes)."""
-    import cmlite.training as training_mod
+def test_compile_plan():
+    # one process: a warm cache compiles at once; a cold one compiles in another process where the budget
+    # outlasts the compilation, else trains eagerly. torchrun's ranks compile before their first step.
+    plan, ahead = devices.compile_plan, devices.COMPILE_AHEAD_MIN_MINUTES
+    assert plan(0.5, warm=True) == plan(None, warm=True, processes=2) == "now"
+    assert plan(None, warm=False) == plan(ahead, warm=False) == "ahead"
+    assert plan(ahead - 0.5, warm=False) == "eager"
+    assert plan(None, warm=False, processes=2) == plan(devices.COMPILE_PAYS_AFTER_MINUTES, False, 2) == "now"
+    assert plan(devices.COMPILE_PAYS_AFTER_MINUTES - 0.5, warm=False, processes=2) == "eager"
     assert devices.compile_pays(None, warm=False) and devices.compile_pays(0.5, warm=True)
     assert not devices.compile_pays(devices.COMPILE_PAYS_AFTER_MINUTES - 0.5, warm=False)
     assert devices.compile_pays(devices.COMPILE_PAYS_AFTER_MINUTES, warm=False)
+
+
+class _InstantAhead:
+    """Stands in for cmlite.image.compile_ahead.CompileAhead: its 'other process' is done as soon as it starts."""
+    started = 0
+
+    def __init__(self, *args, **kwargs):
+        self.seconds, self.error, self.running = None, None, False
+
+    def start(self, memory_fraction=None):
+        type(self).started += 1
+        self.running = True
+
+    def state(self):
+        return "ready" if self.running else "idle"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_auto_compile_is_eager_for_short_budgets_until_the_cache_is_warm(tmp_path, monkeypatch):
+    """compile='auto' on a (pretended) GPU: a run without a budget compiles in another process (here: done at
+    once), goes on compiled and marks the cache; a short budget then compiles at once (its graphs are cached),
+    while a short budget with other graphs (another batch size) trains eagerly. compile_net is replaced by a
+    recorder (a CPU compile takes minutes)."""
+    import cmlite.training as training_mod
     compiled = []
     monkeypatch.setattr(run_mod, "resolve_compile", lambda c, d: True if c == "auto" else c)   # as on CUDA
     monkeypatch.setattr(training_mod, "compile_net", lambda net, *a, **k: compiled.append(net) or net)
+    monkeypatch.setattr(run_mod, "CompileAhead", _InstantAhead)
+    monkeypatch.setattr(_InstantAhead, "started", 0)
     monkeypatch.setattr(run_mod, "sample_images", lambda model, info, n, **k: torch.zeros(n, *info["shape"],
                                                                                             dtype=torch.uint8))
     cache = tmp_path / "cache"
@@ -231,11 +266,14 @@ def test_auto_compile_is_eager_for_short_budgets_until_the_cache_is_warm(tmp_pat
 
     assert run("short-cold", r, minutes=0.02) == (False, False)     # cold cache, 1.2 s budget: eager
     assert not list(cache.glob("cmlite-compiled-*"))
-    assert run("fixed-steps", r, steps=2) == (True, True)            # no budget: compiles, marks the cache
-    assert len(list(cache.glob("cmlite-compiled-*"))) == 1
+    assert run("fixed-steps", r, steps=2) == (True, True)            # no budget: compiles ahead, marks the cache
+    assert _InstantAhead.started == 1 and len(list(cache.glob("cmlite-compiled-*"))) == 1
+    info = json.loads((tmp_path / "fixed-steps" / "recipe.json").read_text())["compile_ahead"]
+    assert info["eager_steps"] == 1   # the first step eager; compiled from the second on
     assert run("short-warm", r, minutes=0.02) == (True, True)       # the same graphs are cached: compiles
     other = r.with_overrides([f"train.batch_size={r.train.batch_size // 2}"])
     assert run("short-other", other, minutes=0.02) == (False, False)  # other graphs, cold: eager
+    assert _InstantAhead.started == 1
 
 
 def _toy(precision="fp16", steps=10, seed=0, inf_at=()):

@@ -144,6 +144,11 @@ class Recalibrator:
         self.t0: float | None = None
         self.step0 = 0
 
+    def restart(self) -> None:
+        """Forget the current window (the step time has just changed, e.g. the run went on compiled): the next
+        call starts a new one."""
+        self.t0 = None
+
     def __call__(self, step: int, now: float) -> int | None:
         if self.t0 is None or step <= self.step0:
             self.t0, self.step0 = now, step

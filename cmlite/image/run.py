@@ -14,6 +14,7 @@ core's model, loss and schedule, :class:`~cmlite.training.Trainer` trains them.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -29,10 +30,12 @@ from torch import Tensor
 from ..sampling import multistep_sample
 from ..schedules import EPS, T_MAX, karras_boundaries
 from ..ode import solve
-from ..devices import (COMPILE_PAYS_AFTER_MINUTES, compile_cache, compile_marker, compile_pays, resolve_compile,
+from ..devices import (COMPILE_AHEAD_MIN_MINUTES, COMPILE_PAYS_AFTER_MINUTES, compile_cache, compile_marker,
+                       compile_pays, compile_plan, resolve_compile,
                        resolve_device, resolve_precision)
 from ..training import (ConfigMismatchError, Trainer, TrainingInterrupted, compile_net, init_distributed,
                         load_checkpoint)
+from .compile_ahead import CompileAhead, memory_fraction_left
 from .budget import GRID_IMAGES, Budget, Recalibrator, Say, calibrate, grid_seconds, steps_that_fit
 from .data import (GPUBatches, ImageData, hold_out_floor, load_dataset, make_grid, save_png, synthetic_dataset,
                    to_uint8)
@@ -40,6 +43,13 @@ from .recipes import RECIPES, Recipe, build, build_net
 
 CHECKPOINT, WEIGHTS, RECIPE_FILE = "checkpoint.pt", "ema.safetensors", "recipe.json"
 STEADY_AFTER = 10  # steps before the steady-state throughput is measured (compilation, cudnn autotuning)
+COMPILE_AHEAD_MIN_LEFT_S = 30.0   # compile_ahead: the budget left below which a run no longer goes on compiled
+
+
+def _cache_counts() -> tuple[int, int]:
+    """Inductor's FX-graph cache hits and misses in this process so far."""
+    from torch._dynamo.utils import counters
+    return counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"]
 
 
 def load_data(recipe: Recipe, root=None, split: str = "train", download: bool = False) -> ImageData:
@@ -94,6 +104,7 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
           minutes: float | None = None, steps: int | None = None, resume: bool = False, download: bool = False,
           progress: bool = True, callback=None, callback_every: int | None = None,
           checkpoint_minutes: float = 5.0, force_resume: bool = False, cache_dir: str | os.PathLike | None = None,
+          compile_ahead: bool | None = None, draw_samples: bool = True,
           clock: Callable[[], float] | None = None, started_at: float | None = None) -> dict:
     """Train ``recipe`` into the folder ``out``; return the run's summary (also in recipe.json).
 
@@ -105,7 +116,10 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
     ``teacher``: the run folder of a trained teacher (``cd`` recipes; optional initialisation for ``ct``).
     ``resume``: continue from ``out/checkpoint.pt`` exactly; refused if the recipe or shapes differ, or if
     settings differ unless ``force_resume``. ``cache_dir``: torch.compile's cache folder
-    (:func:`cmlite.devices.compile_cache`). ``clock``: the clock of the budget and the timings (default
+    (:func:`cmlite.devices.compile_cache`). ``compile_ahead``: train eagerly while another process compiles
+    the graphs, then go on compiled (:mod:`cmlite.image.compile_ahead`); None lets ``compile='auto'`` decide
+    (:func:`cmlite.devices.compile_plan`). True forces it, also on a CPU. ``draw_samples``: the final sample grid
+    (samples.png). ``clock``: the clock of the budget and the timings (default
     ``time.monotonic``; tests pass a fake one). Progress lines go to stderr unless ``progress`` is False (warnings always do).
     SIGTERM or Ctrl-C stops the run with a message: during training after writing the checkpoint
     (:class:`~cmlite.training.TrainingInterrupted`), before it with :class:`StoppedEarly` (recipe.json says
@@ -113,7 +127,8 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
 
     The summary holds, besides the recipe: steps, K, images/s (whole run, and steady: after the first
     10 steps), ``startup_s`` (seconds from the start to the end of the first training step: imports, data,
-    networks, compilation), ``skipped_steps`` (fp16 loss scaling) and the budget's figures."""
+    networks, compilation), ``skipped_steps`` (fp16 loss scaling), the budget's figures, and with
+    ``compile_ahead`` when the run went on compiled (``compile_ahead``: eager steps, seconds)."""
     clock = clock or time.monotonic
     t_start = clock() if started_at is None else started_at
     if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
@@ -134,18 +149,33 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
     cfg.precision, cfg.compile = resolve_precision(cfg.precision, device), resolve_compile(cfg.compile, device)
     minutes = recipe.minutes if minutes is None and steps is None else minutes
     marker = None
-    if cfg.compile:
+    if cfg.compile or compile_ahead:
         cache_dir = compile_cache(cache_dir)
         marker = compile_marker(cache_dir, {
             "net": recipe.net, "net_overrides": recipe.net_overrides, "dataset": recipe.dataset,
             "method": recipe.method, "conditional": recipe.conditional, "batch": cfg.batch_size // world_size,
             "precision": cfg.precision, "channels_last": cfg.channels_last, "torch": torch.__version__,
             "card": card})
-        if auto_compile and not compile_pays(minutes, os.path.exists(marker)):
+        warm = os.path.exists(marker)
+        if compile_ahead is None and auto_compile:
+            plan = compile_plan(minutes, warm, world_size)
+        elif compile_ahead:
+            plan = "ahead"
+        else:
+            plan = "now" if not auto_compile or compile_pays(minutes, warm) else "eager"
+        compile_ahead = plan == "ahead"
+        if compile_ahead:
+            if world_size > 1:
+                raise ValueError("compile_ahead works in one process; under torchrun the ranks compile as they start")
+            cfg.compile = False   # until the other process has filled the cache
+            say("training eagerly while another process compiles this run's graphs into the compile cache (its "
+                f"log: {out / 'compile-ahead.log'}); the run goes on compiled when they are ready")
+        elif plan == "eager":
             cfg.compile, marker = False, None
+            least = COMPILE_AHEAD_MIN_MINUTES if world_size == 1 else COMPILE_PAYS_AFTER_MINUTES
             say(f"compile 'auto': eager, because the compile cache does not hold this run's graphs yet and "
                 f"compiling them (1-2 minutes) would not pay back within a {minutes:g}-minute budget "
-                f"(it does from {COMPILE_PAYS_AFTER_MINUTES:g} minutes). Pass --set train.compile=True to compile")
+                f"(it does from {least:g} minutes). Pass --set train.compile=True to compile")
     budget = Budget(minutes, t_start, clock)
     ckpt_path = out / CHECKPOINT
     saved = _open_checkpoint(out, recipe, resume)
@@ -158,7 +188,8 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
     elif rank == 0:
         _start_folder(out, recipe)
     stage = _Stage(out, recipe, resume, ckpt_path, writer=rank == 0)
-    with stage:
+    ahead = CompileAhead(recipe, out, cache_dir, teacher=teacher, data_root=data_root) if compile_ahead else None
+    with stage, ahead or contextlib.nullcontext():
         stage.now = "loading the data"
         say(f"{recipe.name}: loading the data ({recipe.dataset}) on {device}, {cfg.precision}"
             + (", compiled" if cfg.compile else "") + f", {torch.get_num_threads()} CPU threads")
@@ -199,18 +230,30 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
             _resume_from(trainer, saved, ckpt_path, force_resume)
             del saved
         step0, t_train0, first = trainer.step, clock(), {}
+        ahead_info: dict = {}   # compile_ahead: when and how the run went on compiled
         nfe = teacher_nfe(18) if recipe.method == "teacher" else 1   # the final sample grid's evaluations
         sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+        def _mark(marker) -> None:
+            if marker is not None and rank == 0:
+                try:
+                    Path(marker).touch()
+                except OSError as e:   # only a hint for later short runs: training goes on
+                    say(f"could not mark the compile cache ({e}); later short runs will train eagerly", warning=True)
 
         def first_step(now):
             if not first:
                 first["t"] = now
-                if marker is not None and rank == 0:   # the cache now holds this run's training graphs
-                    try:
-                        Path(marker).touch()
-                    except OSError as e:   # only a hint for later short runs: training goes on
-                        say(f"could not mark the compile cache ({e}); later short runs will train eagerly",
-                            warning=True)
+                if ahead is not None:   # another process compiles while this one trains on, if the card has room
+                    fraction = memory_fraction_left(device)
+                    if fraction == 0.0:
+                        ahead_info["here"] = True
+                        say("the card has too little free memory for a second process: compiling here, after the "
+                            "calibration steps", warning=True)
+                    else:
+                        ahead.start(fraction)
+                if cfg.compile:   # the cache now holds the run's graphs
+                    _mark(marker)
                 say(f"first training step done {now - t_start:.1f} s after the start (imports, data, networks"
                     + (", compilation" if cfg.compile else "") + ")")
 
@@ -256,9 +299,41 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
         recal = Recalibrator(budget, trainer.meta["K"], lambda rate: grid_seconds(rate, cfg.batch_size, nfe)) \
             if per_step is not None and world_size == 1 else None
 
+        def go_compiled(tr) -> None:   # compile_ahead: once the other process is done (or here, if no room)
+            state = "ready" if ahead_info.get("here") else ahead.state()
+            if state == "failed":
+                say(f"{ahead.error}\nthe run trains on eagerly", warning=True)
+                ahead_info["failed"] = True
+            elif state == "ready" and budget.deadline is not None and budget.left() < COMPILE_AHEAD_MIN_LEFT_S:
+                say(f"the compiled graphs are ready but only {budget.left():.0f} s of the budget are left: "
+                    "the run ends eagerly")
+                ahead_info["too_late"] = True
+            elif state == "ready":
+                if teacher_model is not None:
+                    compile_net(teacher_model.net, cfg.channels_last)
+                trainer.compile_graphs()
+                ahead_info.update(eager_steps=tr.step, ready_after_s=clock() - t_start, t=clock(),
+                                  hits=_cache_counts())
+                say(f"compiled graphs ready {ahead_info['ready_after_s']:.1f} s after the start: compiled from step "
+                    f"{tr.step} on")
+
         def timed(tr):
             now = clock()
             first_step(now)
+            if ahead is not None and not ahead_info.keys() & {"eager_steps", "failed", "too_late"}:
+                go_compiled(tr)
+            elif "eager_steps" in ahead_info and "first_compiled_step_s" not in ahead_info:
+                sync()   # the first compiled step: the graphs were loaded from the cache in it
+                now = clock()
+                ahead_info["first_compiled_step_s"] = now - ahead_info.pop("t")
+                hits, misses = (a - b for a, b in zip(_cache_counts(), ahead_info.pop("hits")))
+                ahead_info.update(fx_graph_cache_hits=hits, fx_graph_cache_misses=misses)
+                say(f"first compiled step: {ahead_info['first_compiled_step_s']:.1f} s ({hits} compiled graphs "
+                    f"loaded from the cache, {misses} compiled here)")
+                _mark(marker)
+                marks.clear()   # the steady throughput is measured compiled
+                if recal is not None:
+                    recal.restart()
             steady = tr.step - step0 >= STEADY_AFTER
             if tr.step % every == 0 and (steady or recal is not None):
                 sync()
@@ -295,13 +370,15 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
                    "device": card,
                    "teacher": str(teacher) if teacher is not None else None,
                    "final_loss": trainer.history["loss"][-1] if trainer.history["loss"] else None}
+        if ahead is not None:
+            summary["compile_ahead"] = {"seconds": ahead.seconds, **ahead_info}
         if trainer.skipped_steps:
             say(f"fp16 loss scaling skipped {trainer.skipped_steps} of {trainer.step} steps (their gradients "
                 "overflowed; the scale was lowered)", warning=done > 0 and trainer._skip_streak >= done)
         stage.writing()   # a signal now waits until the files are written
         if rank == 0:
             per_step_now = seconds / done if done else per_step
-            draw = True
+            draw = draw_samples
             if budget.deadline is not None and per_step_now:
                 est = grid_seconds(per_step_now, cfg.batch_size, nfe)
                 if est > budget.left() + per_step_now:
