@@ -18,10 +18,12 @@
 #                    finished, or SECONDS have passed; progress every minute
 #   eval RUN...      `cmlite eval` of runs of one data set (Inception and classifier FID, 1- and 2-step or
 #                    the teacher's grids, samples written as npz of at most EVAL_MB = 15 MiB each)
-#   startup RECIPE...  `cmlite train RECIPE --steps 300` with an empty compile cache, with the filled cache, and
-#                    eager: the whole command's time, the first step's, and the steady images/s
-#                    (STARTUP_VARIANTS: which of "short cold warm eager", "cold warm eager" by default; short:
-#                    `--minutes SHORT_MIN` (0.5) with an empty cache, where compile='auto' trains eagerly)
+#   startup RECIPE...  `cmlite train RECIPE` with an empty compile cache and --minutes AHEAD_MIN (2: compiles in
+#                    another process), then --steps 300 with the filled cache, with an empty cache compiling
+#                    before the first step (compile=True), and eager: the whole command's time, the first
+#                    step's, when the compiled graphs were ready, and the steady images/s (STARTUP_VARIANTS:
+#                    which of "ahead warm cold eager short", the first four by default; short: `--minutes
+#                    SHORT_MIN` (0.5) with an empty cache, where compile='auto' trains eagerly)
 #   copy PATH...     files of the work folder (relative to its runs/ folder) copied to OUTDIR, '/' -> '-'
 #   fp16 RUN...      a run's EMA weights as fp16 safetensors in OUTDIR (RUN-ema-fp16.safetensors)
 # Data and weights come from the folders prepared by `bash bench/gpu/prepare.sh` (a .gpu/ folder in the checkout).
@@ -119,16 +121,24 @@ PY
         2> $L/eval-$1.err; echo "eval rc $? $(date +%T)"; cat $L/eval-$1.txt; tail -n 3 $L/eval-$1.err ;;
   startup) shift 2
       for name in "$@"; do
-        for c in ${STARTUP_VARIANTS:-cold warm eager}; do
-          case $c in cold|short) rm -rf $W/inductor-startup-$name ;; esac; rm -rf $W/startup-$c-$name
-          [ $c = short ] && len="--minutes ${SHORT_MIN:-0.5}" || len="--steps ${STARTUP_STEPS:-300}"
+        for c in ${STARTUP_VARIANTS:-ahead warm cold eager}; do
+          case $c in ahead|cold|short) rm -rf $W/inductor-startup-$name ;; esac; rm -rf $W/startup-$c-$name
+          case $c in
+            ahead) len="--minutes ${AHEAD_MIN:-2}" ;;                           # auto, cold: compiles in another process
+            cold)  len="--steps ${STARTUP_STEPS:-300} --set train.compile=True" ;;  # compiles before the first step
+            eager) len="--steps ${STARTUP_STEPS:-300} --set train.compile=False" ;;
+            short) len="--minutes ${SHORT_MIN:-0.5}" ;;                          # auto, cold, short: eager
+            *)     len="--steps ${STARTUP_STEPS:-300}" ;;                        # warm: auto, the cache filled
+          esac
           s=$(ms); python -m cmlite train $name $len --out $W/startup-$c-$name \
-            --cache-dir $W/inductor-startup-$name $(TEACHER $name) $([ $c = eager ] && echo --set train.compile=False) \
-            > $L/startup-$c-$name.log 2>&1
+            --cache-dir $W/inductor-startup-$name $(TEACHER $name) > $L/startup-$c-$name.log 2>&1
+          cp $W/startup-$c-$name/recipe.json $L/startup-$c-$name.json 2>/dev/null
+          cp $W/startup-$c-$name/compile-ahead.log $L/startup-$c-$name-compile-ahead.log 2>/dev/null
           first=$(tr '\r' '\n' < $L/startup-$c-$name.log | grep -o 'first training step done [0-9.]* s' | head -n 1)
-          speed=$(python -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['steady_images_per_second'])" \
+          more=$(python -c "import json,sys; r=json.load(open(sys.argv[1])); a=r.get('compile_ahead') or {}
+print(f\"steady {r['steady_images_per_second']} images/s\" + (f\"; compiled graphs ready after {a.get('ready_after_s')} s, first compiled step {a.get('first_compiled_step_s')} s, {a.get('fx_graph_cache_hits')} cache hits, {a.get('fx_graph_cache_misses')} misses\" if a else ''))" \
             $W/startup-$c-$name/recipe.json 2>/dev/null)
-          echo "startup $name $c: whole command $(( $(ms) - s )) ms, $first, steady $speed images/s" | tee -a $L/startup.txt
+          echo "startup $name $c: whole command $(( $(ms) - s )) ms, $first, $more" | tee -a $L/startup.txt
         done; done ;;
   copy) shift 2; for f in "$@"; do cp $R/$f "$DEST/$(echo $f | tr '/' '-')"; done; ls -la "$DEST" ;;
   fp16) shift 2; FP16 "$DEST" "$@" ;;

@@ -7,6 +7,8 @@ A run folder holds::
     ema.safetensors    the evaluation-EMA weights alone: share and load them without pickle
     history.json       loss, N, mu, lr every log_every steps
     samples.png        a grid of one-step samples (two-step for ..., ODE samples for a teacher)
+    compile-ahead.log  the output of the process that compiled the run's graphs while it trained eagerly
+    compile-ahead.json written by that process when it had finished (:mod:`cmlite.image.compile_ahead`)
 
 :func:`train` is what ``cmlite train`` runs, :func:`load_run` and :func:`sample_run` what ``cmlite sample``
 and ``cmlite eval`` use. All of it goes through the core: :func:`~cmlite.image.recipes.build` makes the
