@@ -19,7 +19,7 @@ WAIT_S = 1800   # a hang guard only: the other process compiles in 1-2 minutes o
 
 @pytest.mark.slow
 def test_run_goes_on_with_the_graphs_the_other_process_compiled(tmp_path):
-    # tiny-ct compiles three graphs (online forward and backward, target forward) with Inductor on the CPU.
+    # tiny-teacher compiles two graphs (the network's forward and backward) with Inductor on the CPU.
     # The run waits at step 2 until the other process is done, so that it goes on compiled from step 3
     # whatever the machine's speed. Its own compilation must then find every graph in the cache: a graph
     # that differs (another batch size, layout or precision in the other process) is a cache miss here.
@@ -32,7 +32,7 @@ def test_run_goes_on_with_the_graphs_the_other_process_compiled(tmp_path):
                 assert time.monotonic() - t0 < WAIT_S, (out / LOG).read_text()[-3000:]
                 time.sleep(0.5)
 
-    s = train(get_recipe("tiny-ct"), out, steps=6, compile_ahead=True, cache_dir=cache, progress=False,
+    s = train(get_recipe("tiny-teacher"), out, steps=6, compile_ahead=True, cache_dir=cache, progress=False,
               callback=wait_for_the_other_process, callback_every=1)
     info = s["compile_ahead"]
     assert info["eager_steps"] == 3, info
