@@ -129,8 +129,9 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
 
     The summary holds, besides the recipe: steps, K, images/s (whole run, and steady: after the first
     10 steps), ``startup_s`` (seconds from the start to the end of the first training step: imports, data,
-    networks, compilation), ``skipped_steps`` (fp16 loss scaling), the budget's figures, and with
-    ``compile_ahead`` when the run went on compiled (``compile_ahead``: eager steps, seconds)."""
+    networks, compilation), ``skipped_steps`` (fp16 loss scaling), the budget's figures, and for a run that
+    compiled ahead, ``compile_ahead``: the eager steps before it went on compiled, when the graphs were ready,
+    the seconds of the first compiled step, and the FX-graph cache hits and misses in it."""
     clock = clock or time.monotonic
     t_start = clock() if started_at is None else started_at
     if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
