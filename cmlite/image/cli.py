@@ -41,7 +41,9 @@ def add_image_commands(sub) -> None:
                         "(the refusal names them); the run is then not exactly its recipe's")
     t.add_argument("--cache-dir", dest="cache_dir",
                    help="torch.compile's cache folder, kept across runs (default: $TORCHINDUCTOR_CACHE_DIR, "
-                        "else ~/.cache/cmlite/inductor)")
+                        "else ~/.cache/cmlite/inductor). On a GPU, a run whose graphs are not in it yet trains "
+                        "eagerly while another process compiles them, then goes on compiled; "
+                        "--set train.compile=True compiles before the first step instead")
     t.add_argument("--teacher", help="run folder of a trained teacher (needed by *-cd recipes)")
     t.add_argument("--data", help="folder with the data files (default: $CMLITE_DATA, ./data, ~/.cache/cmlite)")
     t.add_argument("--download", action="store_true", help="download the data set with torchvision if missing")
