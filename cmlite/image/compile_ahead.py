@@ -126,7 +126,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 def main(argv: list[str] | None = None) -> int:
     """The other process: train the spec's recipe for :data:`STEPS` steps, compiled, into a scratch folder."""
     from .recipes import Recipe
-    from .run import train
+    from .run import _write_json, train
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(argv[0]).read_text())
     t0 = time.monotonic()
@@ -137,11 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_per_process_memory_fraction(spec["memory_fraction"], torch.device(recipe.train.device))
     summary = train(recipe, spec["out"], steps=STEPS, teacher=spec["teacher"], data_root=spec["data_root"],
                     cache_dir=spec["cache_dir"], progress=True, draw_samples=False)
-    done = Path(spec["done"])
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"status": "done", "seconds": time.monotonic() - t0,
-                               "startup_s": summary["startup_s"], "recipe": recipe.name}))
-    os.replace(tmp, done)
+    _write_json(Path(spec["done"]), {"status": "done", "seconds": time.monotonic() - t0,
+                                     "startup_s": summary["startup_s"], "recipe": recipe.name})
     return 0
 
 
