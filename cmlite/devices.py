@@ -7,9 +7,10 @@ r"""Which device, arithmetic and compilation a run uses: the ``"auto"`` settings
   ``fp16`` autocast with loss scaling (``torch.amp.GradScaler``) on older cards (a T4, a V100), whose
   bfloat16 is emulated or absent; ``fp32`` on a CPU and on ``mps``. Master weights stay float32 throughout.
 * ``compile="auto"``: ``torch.compile`` on CUDA only (on a CPU compiling costs minutes and gains little).
-  ``cmlite train`` decides when (:func:`compile_plan`): at once where this machine's compile cache already
-  holds the run's graphs; otherwise it trains eagerly while another process compiles them, and goes on
-  compiled when they are ready (:mod:`cmlite.image.compile_ahead`).
+  ``cmlite train`` decides when (:func:`compile_plan`). Its first step never waits for the compiler: where
+  this machine's compile cache already holds the run's graphs, they load at the second step; otherwise the
+  run trains eagerly while another process compiles them, and goes on compiled when they are ready
+  (:mod:`cmlite.image.compile_ahead`).
 
 :func:`device_rng_state` / :func:`set_device_rng_state` save and restore the random generator of the
 device a run draws from (CUDA or mps), so that a checkpoint resumes exactly there too.
@@ -109,19 +110,22 @@ def compile_pays(minutes: float | None, warm: bool) -> bool:
 
 
 # Compiling in another process costs the run only the seconds in which it loads the finished graphs from the
-# cache (3-5 s measured on a CPU); it pays where the budget outlasts the compilation (45-130 s on an H100)
-COMPILE_AHEAD_MIN_MINUTES = 2.0
+# cache (3.7-4.6 s on an H100, docs/results/2026-12-06-h100); it pays where the budget outlasts the compilation.
+# There the graphs were ready 91 s (mnist-teacher) and 111 s (cifar10-teacher) after the start: a 2-minute
+# cifar10-teacher ended before they were, and trained 5% slower than alone beside the compiling process.
+COMPILE_AHEAD_MIN_MINUTES = 3.0
 
 
 def compile_plan(minutes: float | None, warm: bool, processes: int = 1) -> str:
-    """What ``compile='auto'`` does in a CUDA run: 'now' (compile before the first step), 'ahead' (train
-    eagerly while another process compiles, then go on compiled; :mod:`cmlite.image.compile_ahead`) or
-    'eager'. A warm cache: 'now'. Cold, in one process: 'ahead' without a budget or with one of at least
-    :data:`COMPILE_AHEAD_MIN_MINUTES`, else 'eager'. Cold, under ``torchrun`` (every rank would need
-    its own): 'now' where :func:`compile_pays`, else 'eager'."""
-    if warm:
-        return "now"
+    """What ``compile='auto'`` does in a CUDA run: 'now' (compile before the first step), 'cached' (the first
+    step eagerly, then load the compiled graphs from the cache), 'ahead' (train eagerly while another process
+    compiles, then go on compiled; :mod:`cmlite.image.compile_ahead`) or 'eager'. In one process, a run never
+    waits for the compiler before its first step: a warm cache gives 'cached'; a cold one 'ahead' without a
+    budget or with one of at least :data:`COMPILE_AHEAD_MIN_MINUTES`, else 'eager'. Under ``torchrun`` (every
+    rank compiles its own graphs, inside DDP): 'now' where :func:`compile_pays`, else 'eager'."""
     if processes == 1:
+        if warm:
+            return "cached"
         return "ahead" if minutes is None or minutes >= COMPILE_AHEAD_MIN_MINUTES else "eager"
     return "now" if compile_pays(minutes, warm) else "eager"
 

@@ -209,10 +209,12 @@ def test_a_gpu_recipe_trains_on_this_cpu_without_overrides(tmp_path, monkeypatch
 
 
 def test_compile_plan():
-    # one process: a warm cache compiles at once; a cold one compiles in another process where the budget
-    # outlasts the compilation, else trains eagerly. torchrun's ranks compile before their first step.
+    # one process: a warm cache loads the graphs after an eager first step; a cold one compiles in another
+    # process where the budget outlasts the compilation, else trains eagerly. torchrun's ranks compile before
+    # their first step.
     plan, ahead = devices.compile_plan, devices.COMPILE_AHEAD_MIN_MINUTES
-    assert plan(0.5, warm=True) == plan(None, warm=True, processes=2) == "now"
+    assert plan(0.5, warm=True) == plan(None, warm=True) == "cached"
+    assert plan(0.5, warm=True, processes=2) == plan(None, warm=True, processes=2) == "now"
     assert plan(None, warm=False) == plan(ahead, warm=False) == "ahead"
     assert plan(ahead - 0.5, warm=False) == "eager"
     assert plan(None, warm=False, processes=2) == plan(devices.COMPILE_PAYS_AFTER_MINUTES, False, 2) == "now"
@@ -243,11 +245,12 @@ class _InstantAhead:
         return False
 
 
-def test_auto_compile_is_eager_for_short_budgets_until_the_cache_is_warm(tmp_path, monkeypatch):
+def test_auto_compile_never_waits_for_the_compiler_before_the_first_step(tmp_path, monkeypatch):
     """compile='auto' on a (pretended) GPU: a run without a budget compiles in another process (here: done at
-    once), goes on compiled and marks the cache; a short budget then compiles at once (its graphs are cached),
-    while a short budget with other graphs (another batch size) trains eagerly. compile_net is replaced by a
-    recorder (a CPU compile takes minutes)."""
+    once), goes on compiled from its second step and marks the cache. A later run with the same graphs trains
+    its first step eagerly and loads them at the second; with a budget too short to pay for loading them it
+    stays eager. A short budget with other graphs (another batch size) trains eagerly. compile_net is replaced
+    by a recorder (a CPU compile takes minutes)."""
     import cmlite.training as training_mod
     compiled = []
     monkeypatch.setattr(run_mod, "resolve_compile", lambda c, d: True if c == "auto" else c)   # as on CUDA
@@ -264,13 +267,19 @@ def test_auto_compile_is_eager_for_short_budgets_until_the_cache_is_warm(tmp_pat
         s = train(recipe, tmp_path / name, progress=False, cache_dir=cache, **kw)
         return s["recipe"]["train"]["compile"], len(compiled) > n
 
+    def summary(name):
+        return json.loads((tmp_path / name / "recipe.json").read_text())
+
     assert run("short-cold", r, minutes=0.02) == (False, False)     # cold cache, 1.2 s budget: eager
     assert not list(cache.glob("cmlite-compiled-*"))
     assert run("fixed-steps", r, steps=2) == (True, True)            # no budget: compiles ahead, marks the cache
     assert _InstantAhead.started == 1 and len(list(cache.glob("cmlite-compiled-*"))) == 1
-    info = json.loads((tmp_path / "fixed-steps" / "recipe.json").read_text())["compile_ahead"]
-    assert info["eager_steps"] == 1   # the first step eager; compiled from the second on
-    assert run("short-warm", r, minutes=0.02) == (True, True)       # the same graphs are cached: compiles
+    assert summary("fixed-steps")["compile_ahead"]["eager_steps"] == 1   # the first step eager, then compiled
+    assert run("warm", r, steps=3) == (True, True)                   # cached: eager first step, then compiled
+    info = summary("warm")["compile_cached"]
+    assert info["eager_steps"] == 1 and info["first_compiled_step_s"] >= 0 and "compile_ahead" not in summary("warm")
+    assert run("short-warm", r, minutes=0.02) == (False, False)      # cached, but 1.2 s: loading would not pay
+    assert summary("short-warm")["compile_cached"] == {"too_late": True}
     other = r.with_overrides([f"train.batch_size={r.train.batch_size // 2}"])
     assert run("short-other", other, minutes=0.02) == (False, False)  # other graphs, cold: eager
     assert _InstantAhead.started == 1

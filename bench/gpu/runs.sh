@@ -18,12 +18,14 @@
 #                    finished, or SECONDS have passed; progress every minute
 #   eval RUN...      `cmlite eval` of runs of one data set (Inception and classifier FID, 1- and 2-step or
 #                    the teacher's grids, samples written as npz of at most EVAL_MB = 15 MiB each)
-#   startup RECIPE...  `cmlite train RECIPE` with an empty compile cache and --minutes AHEAD_MIN (2: compiles in
-#                    another process), then --steps 300 with the filled cache, with an empty cache compiling
-#                    before the first step (compile=True), and eager: the whole command's time, the first
-#                    step's, when the compiled graphs were ready, and the steady images/s (STARTUP_VARIANTS:
-#                    which of "ahead warm cold eager short", the first four by default; short: `--minutes
-#                    SHORT_MIN` (0.5) with an empty cache, where compile='auto' trains eagerly)
+#   startup RECIPE...  `cmlite train RECIPE` with an empty compile cache and --minutes AHEAD_MIN (3: compiles in
+#                    another process), then --steps 300 with the filled cache (auto: an eager first step, then
+#                    the cached graphs), with an empty cache compiling before the first step (compile=True),
+#                    and eager: the whole command's time, the first step's, when the compiled graphs were
+#                    loaded, and the steady images/s (STARTUP_VARIANTS: which of "ahead warm cold eager short
+#                    warm-now", the first four by default; short: `--minutes SHORT_MIN` (0.5) with an empty
+#                    cache, where compile='auto' trains eagerly; warm-now: the filled cache with compile=True,
+#                    loading the graphs before the first step)
 #   copy PATH...     files of the work folder (relative to its runs/ folder) copied to OUTDIR, '/' -> '-'
 #   fp16 RUN...      a run's EMA weights as fp16 safetensors in OUTDIR (RUN-ema-fp16.safetensors)
 # Data and weights come from the folders prepared by `bash bench/gpu/prepare.sh` (a .gpu/ folder in the checkout).
@@ -124,10 +126,11 @@ PY
         for c in ${STARTUP_VARIANTS:-ahead warm cold eager}; do
           case $c in ahead|cold|short) rm -rf $W/inductor-startup-$name ;; esac; rm -rf $W/startup-$c-$name
           case $c in
-            ahead) len="--minutes ${AHEAD_MIN:-2}" ;;                           # auto, cold: compiles in another process
+            ahead) len="--minutes ${AHEAD_MIN:-3}" ;;                           # auto, cold: compiles in another process
             cold)  len="--steps ${STARTUP_STEPS:-300} --set train.compile=True" ;;  # compiles before the first step
             eager) len="--steps ${STARTUP_STEPS:-300} --set train.compile=False" ;;
             short) len="--minutes ${SHORT_MIN:-0.5}" ;;                          # auto, cold, short: eager
+            warm-now) len="--steps ${STARTUP_STEPS:-300} --set train.compile=True" ;;  # the cache filled, loaded first
             *)     len="--steps ${STARTUP_STEPS:-300}" ;;                        # warm: auto, the cache filled
           esac
           s=$(ms); python -m cmlite train $name $len --out $W/startup-$c-$name \
@@ -135,8 +138,8 @@ PY
           cp $W/startup-$c-$name/recipe.json $L/startup-$c-$name.json 2>/dev/null
           cp $W/startup-$c-$name/compile-ahead.log $L/startup-$c-$name-compile-ahead.log 2>/dev/null
           first=$(tr '\r' '\n' < $L/startup-$c-$name.log | grep -o 'first training step done [0-9.]* s' | head -n 1)
-          more=$(python -c "import json,sys; r=json.load(open(sys.argv[1])); a=r.get('compile_ahead') or {}
-print(f\"steady {r['steady_images_per_second']} images/s\" + (f\"; compiled graphs ready after {a.get('ready_after_s')} s, first compiled step {a.get('first_compiled_step_s')} s, {a.get('fx_graph_cache_hits')} cache hits, {a.get('fx_graph_cache_misses')} misses\" if a else ''))" \
+          more=$(python -c "import json,sys; r=json.load(open(sys.argv[1])); a=r.get('compile_ahead') or r.get('compile_cached') or {}
+print(f\"steady {r['steady_images_per_second']} images/s\" + (f\"; went compiled {a.get('ready_after_s')} s after the start, first compiled step {a.get('first_compiled_step_s')} s, {a.get('fx_graph_cache_hits')} cache hits, {a.get('fx_graph_cache_misses')} misses\" if a else ''))" \
             $W/startup-$c-$name/recipe.json 2>/dev/null)
           echo "startup $name $c: whole command $(( $(ms) - s )) ms, $first, $more" | tee -a $L/startup.txt
         done; done ;;

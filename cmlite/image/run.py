@@ -45,7 +45,10 @@ from .recipes import RECIPES, Recipe, build, build_net
 
 CHECKPOINT, WEIGHTS, RECIPE_FILE = "checkpoint.pt", "ema.safetensors", "recipe.json"
 STEADY_AFTER = 10  # steps before the steady-state throughput is measured (compilation, cudnn autotuning)
-COMPILE_AHEAD_MIN_LEFT_S = 30.0   # compile_ahead: the budget left below which a run no longer goes on compiled
+# the budget left below which a run that trains eagerly no longer goes on compiled: loading the graphs costs
+# 3.7-4.6 s on an H100 (docs/results/2026-12-06-h100); the graphs of another process come after 1.5-2 minutes,
+# so a run that has that little left is near its end
+MIN_LEFT_TO_GO_COMPILED_S = {"ahead": 30.0, "cached": 10.0}
 
 
 def _cache_counts() -> tuple[int, int]:
@@ -120,7 +123,9 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
     settings differ unless ``force_resume``. ``cache_dir``: torch.compile's cache folder
     (:func:`cmlite.devices.compile_cache`). ``compile_ahead``: train eagerly while another process compiles
     the graphs, then go on compiled (:mod:`cmlite.image.compile_ahead`); None lets ``compile='auto'`` decide
-    (:func:`cmlite.devices.compile_plan`). True forces it, also on a CPU. ``draw_samples``: the final sample grid
+    (:func:`cmlite.devices.compile_plan`: with the graphs already cached, the first step eagerly and the
+    cached graphs from the second). True forces it, also on a CPU; False compiles before the first step where
+    compiling pays (:func:`cmlite.devices.compile_pays`). ``draw_samples``: the final sample grid
     (samples.png). ``clock``: the clock of the budget and the timings (default
     ``time.monotonic``; tests pass a fake one). Progress lines go to stderr unless ``progress`` is False (warnings always do).
     SIGTERM or Ctrl-C stops the run with a message: during training after writing the checkpoint
@@ -131,7 +136,8 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
     10 steps), ``startup_s`` (seconds from the start to the end of the first training step: imports, data,
     networks, compilation), ``skipped_steps`` (fp16 loss scaling), the budget's figures, and for a run that
     compiled ahead, ``compile_ahead``: the eager steps before it went on compiled, when the graphs were ready,
-    the seconds of the first compiled step, and the FX-graph cache hits and misses in it."""
+    the seconds of the first compiled step, and the FX-graph cache hits and misses in it; for a run that
+    loaded cached graphs after its first step, the same as ``compile_cached``."""
     clock = clock or time.monotonic
     t_start = clock() if started_at is None else started_at
     if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
@@ -151,7 +157,7 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
     auto_compile = cfg.compile == "auto"
     cfg.precision, cfg.compile = resolve_precision(cfg.precision, device), resolve_compile(cfg.compile, device)
     minutes = recipe.minutes if minutes is None and steps is None else minutes
-    marker = None
+    marker, late = None, None   # late: how a run that starts eagerly goes on compiled ('ahead' or 'cached')
     if cfg.compile or compile_ahead:
         cache_dir = compile_cache(cache_dir)
         marker = compile_marker(cache_dir, {
@@ -167,12 +173,15 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
         else:
             plan = "now" if not auto_compile or compile_pays(minutes, warm) else "eager"
         compile_ahead = plan == "ahead"
-        if compile_ahead:
+        if plan in ("ahead", "cached"):
             if world_size > 1:
                 raise ValueError("compile_ahead works in one process; under torchrun the ranks compile as they start")
-            cfg.compile = False   # until the other process has filled the cache
+            cfg.compile, late = False, plan   # eager until the graphs are in the cache / until the first step is done
+        if plan == "ahead":
             say("training eagerly while another process compiles this run's graphs into the compile cache (its "
                 f"log: {out / 'compile-ahead.log'}); the run goes on compiled when they are ready")
+        elif plan == "cached":
+            say("the compile cache holds this run's graphs: the first step trains eagerly, the next ones compiled")
         elif plan == "eager":
             cfg.compile, marker = False, None
             least = COMPILE_AHEAD_MIN_MINUTES if world_size == 1 else COMPILE_PAYS_AFTER_MINUTES
@@ -233,7 +242,7 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
             _resume_from(trainer, saved, ckpt_path, force_resume)
             del saved
         step0, t_train0, first = trainer.step, clock(), {}
-        ahead_info: dict = {}   # compile_ahead: when and how the run went on compiled
+        ahead_info: dict = {}   # a late compile (ahead or cached): when and how the run went on compiled
         nfe = teacher_nfe(18) if recipe.method == "teacher" else 1   # the final sample grid's evaluations
         sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
@@ -251,8 +260,8 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
                     fraction = memory_fraction_left(device)
                     if fraction == 0.0:
                         ahead_info["here"] = True
-                        say("the card has too little free memory for a second process: compiling here, after the "
-                            "calibration steps", warning=True)
+                        say("the card has too little free memory for a second process: compiling here, at the "
+                            "next step", warning=True)
                     else:
                         ahead.start(fraction)
                 if cfg.compile:   # the cache now holds the run's graphs
@@ -264,12 +273,50 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
             trainer.schedule = build(recipe, net, teacher_model, steps=K)[2]
             trainer.config.steps = trainer.meta["K"] = K
 
+        def go_compiled(tr) -> None:   # a late compile: from the cache, or once the other process is done
+            state = "ready" if late == "cached" or ahead_info.get("here") else ahead.state()
+            if state == "failed":
+                say(f"{ahead.error}\nthe run trains on eagerly", warning=True)
+                ahead_info["failed"] = True
+            elif state == "ready" and budget.deadline is not None and budget.left() < MIN_LEFT_TO_GO_COMPILED_S[late]:
+                say(f"the compiled graphs are ready but only {budget.left():.0f} s of the budget are left: "
+                    "the run ends eagerly")
+                ahead_info["too_late"] = True
+            elif state == "ready":
+                if teacher_model is not None:
+                    compile_net(teacher_model.net, cfg.channels_last)
+                trainer.compile_graphs()
+                ahead_info.update(eager_steps=tr.step, ready_after_s=clock() - t_start, t=clock(),
+                                  hits=_cache_counts())
+                if late == "ahead":
+                    say(f"compiled graphs ready {ahead_info['ready_after_s']:.1f} s after the start: compiled from "
+                        f"step {tr.step} on")
+
+        def after_step(tr, now) -> bool:
+            """The first step's bookkeeping and a late compile's; True right after the first compiled step."""
+            first_step(now)
+            if late is None:
+                return False
+            if not ahead_info.keys() & {"eager_steps", "failed", "too_late"}:
+                go_compiled(tr)
+            elif "eager_steps" in ahead_info and "first_compiled_step_s" not in ahead_info:
+                sync()   # the first compiled step: the graphs were loaded from the cache in it
+                ahead_info["first_compiled_step_s"] = clock() - ahead_info.pop("t")
+                hits, misses = (a - b for a, b in zip(_cache_counts(), ahead_info.pop("hits")))
+                ahead_info.update(fx_graph_cache_hits=hits, fx_graph_cache_misses=misses)
+                say(f"first compiled step: {ahead_info['first_compiled_step_s']:.1f} s ({hits} compiled graphs "
+                    f"loaded from the cache, {misses} compiled here)")
+                _mark(marker)
+                return True
+            return False
+
         per_step, n_cal = None, 0
         if budget.deadline is not None and steps is None and trainer.step == 0:  # calibrate K to the budget
             stage.now = "calibrating the step count"
             say(f"calibrating the step count to the {minutes:g}-minute budget ({budget.used():.1f} s used so far)")
             per_step = calibrate(trainer, budget, 30 if device.type == "cuda" else 5, sync,
-                                 agree=lambda *f: _rank0_decides(f, device, world_size), on_step=first_step)
+                                 agree=lambda *f: _rank0_decides(f, device, world_size),
+                                 on_step=lambda now: after_step(trainer, now))
             n_cal = trainer.step
             if per_step is None:
                 K = trainer.step
@@ -302,38 +349,8 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
         recal = Recalibrator(budget, trainer.meta["K"], lambda rate: grid_seconds(rate, cfg.batch_size, nfe)) \
             if per_step is not None and world_size == 1 else None
 
-        def go_compiled(tr) -> None:   # compile_ahead: once the other process is done (or here, if no room)
-            state = "ready" if ahead_info.get("here") else ahead.state()
-            if state == "failed":
-                say(f"{ahead.error}\nthe run trains on eagerly", warning=True)
-                ahead_info["failed"] = True
-            elif state == "ready" and budget.deadline is not None and budget.left() < COMPILE_AHEAD_MIN_LEFT_S:
-                say(f"the compiled graphs are ready but only {budget.left():.0f} s of the budget are left: "
-                    "the run ends eagerly")
-                ahead_info["too_late"] = True
-            elif state == "ready":
-                if teacher_model is not None:
-                    compile_net(teacher_model.net, cfg.channels_last)
-                trainer.compile_graphs()
-                ahead_info.update(eager_steps=tr.step, ready_after_s=clock() - t_start, t=clock(),
-                                  hits=_cache_counts())
-                say(f"compiled graphs ready {ahead_info['ready_after_s']:.1f} s after the start: compiled from step "
-                    f"{tr.step} on")
-
         def timed(tr):
-            now = clock()
-            first_step(now)
-            if ahead is not None and not ahead_info.keys() & {"eager_steps", "failed", "too_late"}:
-                go_compiled(tr)
-            elif "eager_steps" in ahead_info and "first_compiled_step_s" not in ahead_info:
-                sync()   # the first compiled step: the graphs were loaded from the cache in it
-                now = clock()
-                ahead_info["first_compiled_step_s"] = now - ahead_info.pop("t")
-                hits, misses = (a - b for a, b in zip(_cache_counts(), ahead_info.pop("hits")))
-                ahead_info.update(fx_graph_cache_hits=hits, fx_graph_cache_misses=misses)
-                say(f"first compiled step: {ahead_info['first_compiled_step_s']:.1f} s ({hits} compiled graphs "
-                    f"loaded from the cache, {misses} compiled here)")
-                _mark(marker)
+            if after_step(tr, clock()):
                 marks.clear()   # the steady throughput is measured compiled
                 if recal is not None:
                     recal.restart()
@@ -375,6 +392,8 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
                    "final_loss": trainer.history["loss"][-1] if trainer.history["loss"] else None}
         if ahead is not None:
             summary["compile_ahead"] = {"seconds": ahead.seconds, **ahead_info}
+        elif late == "cached":
+            summary["compile_cached"] = ahead_info
         if trainer.skipped_steps:
             say(f"fp16 loss scaling skipped {trainer.skipped_steps} of {trainer.step} steps (their gradients "
                 "overflowed; the scale was lowered)", warning=done > 0 and trainer._skip_streak >= done)
