@@ -1,6 +1,7 @@
 """Compiling in another process while the run trains eagerly (cmlite.image.compile_ahead): the run goes on
-with graphs the other process compiled (loaded from the cache, none compiled again), and a failed compilation
-leaves an eagerly trained run with a warning that shows the other process's error."""
+with graphs the other process compiled (loaded from the cache, none compiled again), a later run loads them
+after an eager first step, and a failed compilation leaves an eagerly trained run with a warning that shows
+the other process's error."""
 import json
 import subprocess
 import sys
@@ -18,7 +19,7 @@ WAIT_S = 1800   # a hang guard only: the other process compiles in 1-2 minutes o
 
 
 @pytest.mark.slow
-def test_run_goes_on_with_the_graphs_the_other_process_compiled(tmp_path):
+def test_run_goes_on_with_the_graphs_the_other_process_compiled(tmp_path, monkeypatch):
     # tiny-teacher compiles two graphs (the network's forward and backward) with Inductor on the CPU.
     # The run waits at step 2 until the other process is done, so that it goes on compiled from step 3
     # whatever the machine's speed. Its own compilation must then find every graph in the cache: a graph
@@ -40,6 +41,17 @@ def test_run_goes_on_with_the_graphs_the_other_process_compiled(tmp_path):
     assert s["recipe"]["train"]["compile"] is True and s["steps"] == 6 and torch.isfinite(torch.tensor(s["final_loss"]))
     assert len(list(cache.glob("cmlite-compiled-*"))) == 1   # later runs of these graphs compile at once
     assert json.loads((out / DONE).read_text())["status"] == "done"
+
+    # A later run of the same recipe (compile='auto', as on a GPU) finds the graphs cached: its first step is
+    # eager and the graphs load at the second, none compiled again.
+    monkeypatch.setattr(run_mod, "resolve_compile", lambda c, d: True if c == "auto" else c)
+    torch._dynamo.reset()   # as in a new process: nothing compiled in memory, only the cache on disk
+    again = train(get_recipe("tiny-teacher").with_overrides(["train.compile=auto"]), tmp_path / "again", steps=4,
+                  cache_dir=cache, progress=False)
+    info = again["compile_cached"]
+    assert info["eager_steps"] == 1 and "compile_ahead" not in again, info
+    assert info["fx_graph_cache_hits"] >= 2 and info["fx_graph_cache_misses"] == 0, info
+    assert again["recipe"]["train"]["compile"] is True and again["steps"] == 4
 
 
 def test_a_failed_compile_process_is_reported_with_its_log(tmp_path):
