@@ -1,6 +1,6 @@
 """Start-up of a training run under each compile plan, each variant in a fresh process (imports included).
 
-    python bench/startup.py OUTDIR [--recipe tiny-teacher] [--device cpu] [--steps 6]
+    python bench/startup.py OUTDIR [--recipe tiny-teacher] [--device cpu] [--steps 6] [--variants ...]
 
 Variants, in this order, sharing one compile cache in OUTDIR/cache (emptied first):
 
@@ -52,6 +52,8 @@ def main() -> None:
     p.add_argument("--recipe", default="tiny-teacher")
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                   help="which to time, in this order ('now' and 'cached' need the cache that 'cold' fills)")
     p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -60,7 +62,7 @@ def main() -> None:
     shutil.rmtree(out / "cache", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for v in VARIANTS:
+    for v in args.variants:
         t = time.monotonic()
         r = subprocess.run([sys.executable, __file__, str(out), "--recipe", args.recipe, "--device", args.device,
                             "--steps", str(args.steps), "--child", v], capture_output=True, text=True)

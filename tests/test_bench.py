@@ -84,3 +84,14 @@ def test_edit_bench_refuses_an_empty_teacher_subset(tmp_path):
     r = subprocess.run([sys.executable, str(EDIT_SCRIPT), "--quick", "--n-teacher", "0", "--out", str(tmp_path)],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--n-teacher must be at least 1" in r.stderr
+
+
+def test_startup_bench_times_a_variant_in_a_fresh_process(tmp_path):
+    # the eager variant only: the compiled ones spend a minute compiling on a CPU (tests/test_compile_ahead.py
+    # checks the cached plan itself)
+    subprocess.run([sys.executable, str(ROOT / "bench" / "startup.py"), str(tmp_path), "--variants", "eager",
+                    "--steps", "2"], check=True, cwd=ROOT, capture_output=True, timeout=300)
+    res = json.loads((tmp_path / "startup.json").read_text())
+    (row,) = res["variants"]
+    assert res["recipe"] == "tiny-teacher" and row["variant"] == "eager" and row["compile"] is False
+    assert 0 < row["startup_s"] < row["process_s"] and row["compiled_from_s"] is None
