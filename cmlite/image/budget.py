@@ -19,8 +19,9 @@ run's schedule ends with its budget instead of being cut off or finished early (
 parallelism K stays as calibrated).
 
 The run ends within the budget plus one training step plus the final writes (checkpoint, weights,
-history: a second or two); the sample grid is drawn only where its estimated time fits in what is left
-(else the run says so and ``cmlite sample`` draws it later).
+history: a second or two); the sample grid is drawn only where its estimated time fits in what is left,
+give or take a step or 1% of the budget (``cmlite.image.run.GRID_GRACE``: the final checkpoint may have used
+the time kept for a grid of a fraction of a second); else the run says so and ``cmlite sample`` draws it later.
 """
 from __future__ import annotations
 

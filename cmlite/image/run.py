@@ -49,6 +49,7 @@ STEADY_AFTER = 10  # steps before the steady-state throughput is measured (compi
 # 3.7-4.6 s on an H100 (docs/results/2026-12-06-h100); the graphs of another process come after 1.5-2 minutes,
 # so a run that has that little left is near its end
 MIN_LEFT_TO_GO_COMPILED_S = {"ahead": 30.0, "cached": 10.0}
+GRID_GRACE = 0.01   # the share of the budget by which drawing samples.png may overrun it
 
 
 def _cache_counts() -> tuple[int, int]:
@@ -403,7 +404,9 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
             draw = draw_samples
             if budget.deadline is not None and per_step_now:
                 est = grid_seconds(per_step_now, cfg.batch_size, nfe)
-                if est > budget.left() + per_step_now:
+                # the grid may end the run a step or GRID_GRACE of the budget late: the final checkpoint and the
+                # last queued steps can use up the seconds kept for a grid that takes a fraction of a second
+                if est > budget.left() + max(per_step_now, GRID_GRACE * budget.total):
                     draw = False
                     say(f"samples.png not drawn: it would take about {est:.0f} s, past the {minutes:g}-minute "
                         f"budget; draw samples with `cmlite sample {out}`", warning=True)
