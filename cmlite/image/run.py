@@ -173,7 +173,6 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
             plan = "ahead"
         else:
             plan = "now" if not auto_compile or compile_pays(minutes, warm) else "eager"
-        compile_ahead = plan == "ahead"
         if plan in ("ahead", "cached"):
             if world_size > 1:
                 raise ValueError("compile_ahead works in one process; under torchrun the ranks compile as they start")
@@ -201,7 +200,7 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
     elif rank == 0:
         _start_folder(out, recipe)
     stage = _Stage(out, recipe, resume, ckpt_path, writer=rank == 0)
-    ahead = CompileAhead(recipe, out, cache_dir, teacher=teacher, data_root=data_root) if compile_ahead else None
+    ahead = CompileAhead(recipe, out, cache_dir, teacher=teacher, data_root=data_root) if late == "ahead" else None
     with stage, ahead or contextlib.nullcontext():
         stage.now = "loading the data"
         say(f"{recipe.name}: loading the data ({recipe.dataset}) on {device}, {cfg.precision}"
@@ -243,7 +242,7 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
             _resume_from(trainer, saved, ckpt_path, force_resume)
             del saved
         step0, t_train0, first = trainer.step, clock(), {}
-        ahead_info: dict = {}   # a late compile (ahead or cached): when and how the run went on compiled
+        late_info: dict = {}   # a late compile (ahead or cached): when and how the run went on compiled
         nfe = teacher_nfe(18) if recipe.method == "teacher" else 1   # the final sample grid's evaluations
         sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
@@ -260,7 +259,7 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
                 if ahead is not None:   # another process compiles while this one trains on, if the card has room
                     fraction = memory_fraction_left(device)
                     if fraction == 0.0:
-                        ahead_info["here"] = True
+                        late_info["here"] = True
                         say("the card has too little free memory for a second process: compiling here, at the "
                             "next step", warning=True)
                     else:
@@ -275,22 +274,22 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
             trainer.config.steps = trainer.meta["K"] = K
 
         def go_compiled(tr) -> None:   # a late compile: from the cache, or once the other process is done
-            state = "ready" if late == "cached" or ahead_info.get("here") else ahead.state()
+            state = "ready" if late == "cached" or late_info.get("here") else ahead.state()
             if state == "failed":
                 say(f"{ahead.error}\nthe run trains on eagerly", warning=True)
-                ahead_info["failed"] = True
+                late_info["failed"] = True
             elif state == "ready" and budget.deadline is not None and budget.left() < MIN_LEFT_TO_GO_COMPILED_S[late]:
                 say(f"the compiled graphs are ready but only {budget.left():.0f} s of the budget are left: "
                     "the run ends eagerly")
-                ahead_info["too_late"] = True
+                late_info["too_late"] = True
             elif state == "ready":
                 if teacher_model is not None:
                     compile_net(teacher_model.net, cfg.channels_last)
                 trainer.compile_graphs()
-                ahead_info.update(eager_steps=tr.step, ready_after_s=clock() - t_start, t=clock(),
+                late_info.update(eager_steps=tr.step, ready_after_s=clock() - t_start, t=clock(),
                                   hits=_cache_counts())
                 if late == "ahead":
-                    say(f"compiled graphs ready {ahead_info['ready_after_s']:.1f} s after the start: compiled from "
+                    say(f"compiled graphs ready {late_info['ready_after_s']:.1f} s after the start: compiled from "
                         f"step {tr.step} on")
 
         def after_step(tr, now) -> bool:
@@ -298,14 +297,14 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
             first_step(now)
             if late is None:
                 return False
-            if not ahead_info.keys() & {"eager_steps", "failed", "too_late"}:
+            if not late_info.keys() & {"eager_steps", "failed", "too_late"}:
                 go_compiled(tr)
-            elif "eager_steps" in ahead_info and "first_compiled_step_s" not in ahead_info:
+            elif "eager_steps" in late_info and "first_compiled_step_s" not in late_info:
                 sync()   # the first compiled step: the graphs were loaded from the cache in it
-                ahead_info["first_compiled_step_s"] = clock() - ahead_info.pop("t")
-                hits, misses = (a - b for a, b in zip(_cache_counts(), ahead_info.pop("hits")))
-                ahead_info.update(fx_graph_cache_hits=hits, fx_graph_cache_misses=misses)
-                say(f"first compiled step: {ahead_info['first_compiled_step_s']:.1f} s ({hits} compiled graphs "
+                late_info["first_compiled_step_s"] = clock() - late_info.pop("t")
+                hits, misses = (a - b for a, b in zip(_cache_counts(), late_info.pop("hits")))
+                late_info.update(fx_graph_cache_hits=hits, fx_graph_cache_misses=misses)
+                say(f"first compiled step: {late_info['first_compiled_step_s']:.1f} s ({hits} compiled graphs "
                     f"loaded from the cache, {misses} compiled here)")
                 _mark(marker)
                 return True
@@ -392,9 +391,9 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
                    "teacher": str(teacher) if teacher is not None else None,
                    "final_loss": trainer.history["loss"][-1] if trainer.history["loss"] else None}
         if ahead is not None:
-            summary["compile_ahead"] = {"seconds": ahead.seconds, **ahead_info}
+            summary["compile_ahead"] = {"seconds": ahead.seconds, **late_info}
         elif late == "cached":
-            summary["compile_cached"] = ahead_info
+            summary["compile_cached"] = late_info
         if trainer.skipped_steps:
             say(f"fp16 loss scaling skipped {trainer.skipped_steps} of {trainer.step} steps (their gradients "
                 "overflowed; the scale was lowered)", warning=done > 0 and trainer._skip_streak >= done)
