@@ -12,7 +12,8 @@ import cmlite as cm
 import cmlite.devices as devices
 import cmlite.image.run as run_mod
 from cmlite.cli import main
-from cmlite.image.budget import CAL_FRACTION, RECAL_EVERY, RECAL_TOL, Budget, Recalibrator, grid_seconds
+from cmlite.image.budget import (CAL_FRACTION, QUICK_STEPS, RECAL_EVERY, RECAL_TOL, Budget, Recalibrator,
+                                 grid_seconds)
 from cmlite.image.recipes import get_recipe
 from cmlite.image.run import train
 from cmlite.threads import ENV_VAR
@@ -20,8 +21,9 @@ from cmlite.training import MAX_SKIPPED_IN_A_ROW, Trainer, TrainConfig
 
 
 class StepClock:
-    """A fake clock: each training step takes ``step_s`` seconds, loading the data ``data_s``, drawing the
-    final sample grid what budget.grid_seconds says (the run's own estimate, so that it is tested too)."""
+    """A fake clock: each training step takes ``step_s`` seconds (an attribute: a test may change it), loading
+    the data ``data_s``, drawing the final sample grid what budget.grid_seconds says (the run's own estimate,
+    so that it is tested too)."""
 
     def __init__(self, monkeypatch, step_s: float, data_s: float = 0.0, slower_from: tuple[int, float] | None = None):
         # slower_from = (n, f): from step n on, each step takes f times as long (another job on the GPU)
@@ -30,7 +32,7 @@ class StepClock:
 
         def step(tr):
             rec = orig_step(tr)
-            self.t += step_s * (slower_from[1] if slower_from and tr.step > slower_from[0] else 1.0)
+            self.t += self.step_s * (slower_from[1] if slower_from and tr.step > slower_from[0] else 1.0)
             return rec
 
         def load(*a, **k):
@@ -40,7 +42,7 @@ class StepClock:
         def sample(model, info, n, steps=1, **k):
             b = info["recipe"]["train"]["batch_size"]
             nfe = 2 * (steps - 1) if info["recipe"]["method"] == "teacher" else steps
-            self.t += grid_seconds(step_s, b, nfe, n)
+            self.t += grid_seconds(self.step_s, b, nfe, n)
             return orig_sample(model, info, n, steps=steps, **k)
         monkeypatch.setattr(Trainer, "train_step", step)
         monkeypatch.setattr(run_mod, "load_train_test", load)
@@ -114,6 +116,13 @@ def test_recalibrator_refits_K_to_the_step_time_measured_while_training():
     assert r(300, 1300.0) == 300                   # past the deadline: no step is added, training stops
     with pytest.raises(ValueError, match="budget"):
         Recalibrator(Budget(None, 0.0), 10)
+    # after restart(quick=True) (the run went on compiled) the next window is QUICK_STEPS steps, however short
+    r = Recalibrator(budget, 240)
+    r.restart(quick=True)
+    assert r.due(100) and r(100, 500.0) is None                 # opens the quick window
+    assert not r.due(100 + QUICK_STEPS - 1) and r.due(100 + QUICK_STEPS)
+    assert r(100 + QUICK_STEPS, 510.0) == 100 + QUICK_STEPS + 1380   # 0.5 s a step: 690 s left fit 1380 steps
+    assert not r.due(200) and r(200, 550.0) is None             # back to regular windows: 40 s < 120 s
 
 
 def test_a_gpu_that_gets_busier_after_calibration_still_ends_the_schedule_at_the_budget(tmp_path, monkeypatch,
@@ -303,6 +312,40 @@ def test_auto_compile_never_waits_for_the_compiler_before_the_first_step(tmp_pat
     other = r.with_overrides([f"train.batch_size={r.train.batch_size // 2}"])
     assert run("short-other", other, minutes=0.02) == (False, False)  # other graphs, cold: eager
     assert _InstantAhead.started == 1
+
+
+def test_a_run_that_goes_on_compiled_refits_K_and_ends_with_its_budget(tmp_path, monkeypatch):
+    """A 5-minute run calibrated eagerly at 4 s a step goes on compiled when the other process's graphs are
+    ready (here at t = 150 s) and then steps at 1 s. Logging every 50 steps, a refit at the regular cadence
+    would come only after the eagerly fitted K (about 75) was done, ending the run near 190 s with a third
+    of its budget unused (a CIFAR-10 CD run on an H100 did so). K must be refitted within QUICK_STEPS steps
+    of the switch and the run end at its budget."""
+    import cmlite.training as training_mod
+    clock = StepClock(monkeypatch, step_s=4.0)
+
+    class ReadyAt150(_InstantAhead):
+        def state(self):
+            return "ready" if self.running and clock.t >= 150.0 else "idle"
+
+    orig_compile = Trainer.compile_graphs
+
+    def compile_graphs(tr):   # compiled: a step takes a quarter of the eager time
+        clock.step_s = 1.0
+        return orig_compile(tr)
+
+    monkeypatch.setattr(run_mod, "resolve_compile", lambda c, d: True if c == "auto" else c)   # as on CUDA
+    monkeypatch.setattr(training_mod, "compile_net", lambda net, *a, **k: net)
+    monkeypatch.setattr(run_mod, "CompileAhead", ReadyAt150)
+    monkeypatch.setattr(Trainer, "compile_graphs", compile_graphs)
+    r = get_recipe("tiny-ict").with_overrides(["train.compile=auto", "train.log_every=50"])
+    s = train(r, tmp_path / "run", minutes=5.0, clock=clock, cache_dir=tmp_path / "cache", progress=False)
+    ahead = s["compile_ahead"]
+    assert s["calibrated_seconds_per_step"] == pytest.approx(4.0) and 150.0 <= ahead["ready_after_s"] < 155.0
+    switch = ahead["eager_steps"]
+    assert s["K"] > switch + 100, s["K"]   # ~150 s left at 1 s a step
+    # the run's hard stop keeps the grid's time as estimated at the eager rate (2 s more than at 1 s a step)
+    assert 0 <= s["K"] - s["steps"] <= 2, (s["steps"], s["K"])
+    assert 300.0 - 4.0 <= clock.t <= 300.0 + 1.0 + grid_seconds(1.0, r.train.batch_size, 1), clock.t
 
 
 def _toy(precision="fp16", steps=10, seed=0, inf_at=()):

@@ -16,7 +16,9 @@ of the budget, less the estimated time of the final sample grid.
 While training, :class:`Recalibrator` measures the step time again every :data:`RECAL_EVERY` of the budget
 and refits K when the step time has changed (another job started or ended on a shared GPU), so that the
 run's schedule ends with its budget instead of being cut off or finished early (one process; under data
-parallelism K stays as calibrated).
+parallelism K stays as calibrated). When the run itself changes its step time (an eager start that goes on
+compiled), the next window is :data:`QUICK_STEPS` steps, however short: a compiled step can be several times
+faster, and the steps left of an eagerly calibrated K may take less than one regular window.
 
 The run ends within the budget plus one training step plus the final writes (checkpoint, weights,
 history: a second or two); the sample grid is drawn only where its estimated time fits in what is left,
@@ -33,6 +35,7 @@ from typing import Callable
 CAL_FRACTION = 0.1       # each calibration phase uses at most this share of the budget
 RECAL_EVERY = 0.1        # the step time is measured again every this share of the budget while training
 RECAL_TOL = 0.03         # K is refitted when it is off by more than this share of the steps left
+QUICK_STEPS = 20         # after a known change of the step time (going compiled), K is refitted from this many steps
 GRID_IMAGES = 64         # the run's final sample grid
 TRAIN_STEP_FORWARDS = 3  # a training step costs at least ~3 forward passes per image (forward + backward)
 
@@ -132,8 +135,9 @@ class Recalibrator:
     """Refits the step count K to what is left of ``budget`` as the step time changes.
 
     Call it with (step, clock reading) at steps where the device has been waited for. The first call starts
-    a window. A call at least :data:`RECAL_EVERY` of the budget after the window's start measures the
-    seconds per step over the window, then starts a new one. If the steps that fit in the rest of the budget
+    a window. A call at least :data:`RECAL_EVERY` of the budget after the window's start (or, after
+    ``restart(quick=True)``, :data:`QUICK_STEPS` steps after it) measures the seconds per step over the window,
+    then starts a new one. If the steps that fit in the rest of the budget
     then differ from what is left of K by more than :data:`RECAL_TOL` of it, it returns the new K: step +
     (time left - ``grid_seconds(rate)``) / rate. Otherwise it returns None. Times after the deadline give
     K = step: training stops."""
@@ -144,18 +148,26 @@ class Recalibrator:
         self.budget, self.K, self.grid_seconds = budget, int(K), grid_seconds
         self.t0: float | None = None
         self.step0 = 0
+        self.quick = False
 
-    def restart(self) -> None:
+    def restart(self, quick: bool = False) -> None:
         """Forget the current window (the step time has just changed, e.g. the run went on compiled): the next
-        call starts a new one."""
-        self.t0 = None
+        call starts a new one. ``quick``: that window closes after :data:`QUICK_STEPS` steps, whatever their
+        time (see :meth:`due`)."""
+        self.t0, self.quick = None, quick
+
+    def due(self, step: int) -> bool:
+        """Whether to call at ``step`` off the regular cadence: a quick window opens or closes there."""
+        return self.quick and (self.t0 is None or step - self.step0 >= QUICK_STEPS)
 
     def __call__(self, step: int, now: float) -> int | None:
         if self.t0 is None or step <= self.step0:
             self.t0, self.step0 = now, step
             return None
-        if now - self.t0 < RECAL_EVERY * self.budget.total:
+        closes = self.quick and step - self.step0 >= QUICK_STEPS
+        if now - self.t0 < RECAL_EVERY * self.budget.total and not closes:
             return None
+        self.quick = False
         rate = (now - self.t0) / (step - self.step0)
         self.t0, self.step0 = now, step
         K = steps_that_fit(step, self.budget.deadline - now, rate, self.grid_seconds(rate))

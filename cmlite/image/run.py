@@ -348,17 +348,20 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
         # a budget calibrated here is refitted as the step time changes (one process; see budget.Recalibrator)
         recal = Recalibrator(budget, trainer.meta["K"], lambda rate: grid_seconds(rate, cfg.batch_size, nfe)) \
             if per_step is not None and world_size == 1 else None
+        if recal is not None and "first_compiled_step_s" in late_info:   # went compiled while calibrating: the
+            recal.restart(quick=True)                                    # rate may mix eager and compiled steps
 
         def timed(tr):
             if after_step(tr, clock()):
                 marks.clear()   # the steady throughput is measured compiled
-                if recal is not None:
-                    recal.restart()
+                if recal is not None:   # the step time has just fallen: K is refitted within a few steps
+                    recal.restart(quick=True)
             steady = tr.step - step0 >= STEADY_AFTER
-            if tr.step % every == 0 and (steady or recal is not None):
+            log_step = tr.step % every == 0
+            if (log_step and (steady or recal is not None)) or (recal is not None and recal.due(tr.step)):
                 sync()
                 now = clock()
-                if steady:
+                if steady and log_step:
                     marks.append((tr.step, now))
                 K_new = recal(tr.step, now) if recal is not None and tr.step < tr.config.steps else None
                 if K_new is not None:
