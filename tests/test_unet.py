@@ -267,3 +267,40 @@ def test_channels_last_group_norm_is_group_norm(monkeypatch):
     monkeypatch.setattr(GroupNorm, "channels_last_path", "sometimes")
     with pytest.raises(ValueError, match="channels_last_path"):
         GroupNorm(2, 8)(x)
+
+
+def test_a_unet_config_sets_the_norm_path_of_its_own_norms():
+    # `--set net_overrides.norm_path=always` (cmlite's GroupNorm in the training passes too, the faster CD
+    # step of docs/speed.md): every norm of that network takes it, the class default and other networks keep
+    # theirs; with autograd on, a channels-last forward pass then runs cmlite's norm (its own backward node),
+    # with the same output as the default network to float32 rounding.
+    from cmlite.image.recipes import build_net, get_recipe
+    from cmlite.image.unet import GroupNorm
+    r = get_recipe("tiny-cd")
+    fast = build_net(r.with_overrides(["net_overrides.norm_path='always'"]), 1, 16)
+    plain = build_net(r, 1, 16)
+    plain.load_state_dict(fast.state_dict())
+    assert {m.channels_last_path for m in fast.modules() if isinstance(m, GroupNorm)} == {"always"}
+    assert all("channels_last_path" not in vars(m) for m in plain.modules() if isinstance(m, GroupNorm))
+    assert GroupNorm.channels_last_path == "compiled_no_grad"
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 16, 16).contiguous(memory_format=torch.channels_last)
+    fast, plain = fast.to(memory_format=torch.channels_last), plain.to(memory_format=torch.channels_last)
+    y, ref = fast(x, torch.tensor([0.3, -1.0])), plain(x, torch.tensor([0.3, -1.0]))
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-5)
+    names = {fn.name() for fn in _grad_nodes(y)}
+    assert "NativeGroupNormBackward0" not in names and "NativeGroupNormBackward0" in {fn.name() for fn in
+                                                                                      _grad_nodes(ref)}
+    with pytest.raises(ValueError, match="norm_path must be one of"):
+        build_net(r.with_overrides(["net_overrides.norm_path='sometimes'"]), 1, 16)
+
+
+def _grad_nodes(y):
+    """Every node of the autograd graph behind ``y``."""
+    seen, todo = set(), [y.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is not None and fn not in seen:
+            seen.add(fn)
+            todo.extend(f for f, _ in fn.next_functions)
+    return seen

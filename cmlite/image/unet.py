@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 SKIP_SCALE = math.sqrt(0.5)
+NORM_PATHS = ("compiled_no_grad", "always", "never")   # when GroupNorm takes its channels-last path
 
 
 @dataclass
@@ -62,6 +63,7 @@ class UNetConfig:
     channel_mult_emb: int = 4
     attn_heads: int = 1                  # DDPM++ uses one head
     adaptive_scale: bool = False         # EDM's DDPM++: additive embedding
+    norm_path: str | None = None         # every GroupNorm's channels_last_path; None = the class's setting
 
     def __post_init__(self):
         self.out_channels = self.in_channels if self.out_channels is None else self.out_channels
@@ -73,6 +75,9 @@ class UNetConfig:
             raise ValueError("model_channels * channel_mult_noise must be even (sin/cos pairs)")
         if any(self.model_channels * m % self.attn_heads for m in self.channel_mult):
             raise ValueError(f"attn_heads={self.attn_heads} must divide every level's channel count")
+        if self.norm_path not in (None, *NORM_PATHS):
+            raise ValueError(f"norm_path must be one of {NORM_PATHS} or None (GroupNorm.channels_last_path, "
+                             f"'compiled_no_grad' unless changed); got {self.norm_path!r}")
         check_resolution(self, self.img_resolution, self.img_resolution)
 
 
@@ -304,7 +309,8 @@ class GroupNorm(nn.GroupNorm):
 
     ``GroupNorm.channels_last_path`` (on the class) says when: ``"compiled_no_grad"`` (default) inside
     ``torch.compile`` where autograd is off (compiled sampling, and the target's and teacher's forward
-    passes of a compiled training step), ``"always"``, or ``"never"``. Measured on an H100 (compiled, bf16,
+    passes of a compiled training step), ``"always"``, or ``"never"``; ``UNetConfig.norm_path`` sets it on the
+    norms of one network (``cmlite train … --set net_overrides.norm_path=always``). Measured on an H100 (compiled, bf16,
     batch 512): one-step sampling 8.6% faster than with torch's GroupNorm. Not used by default: in eager
     mode (torch's fused kernel is one pass; this is several) and in the training passes (timed on an H100
     only while each norm still broke the compiled graph, see docs/speed.md; its backward pass is tested).
@@ -320,11 +326,11 @@ class GroupNorm(nn.GroupNorm):
     and breaks the graph there). Without forward-mode AD, ``"always"`` runs
     :class:`_ChannelsLastGroupNormGrad`, which has no jvp rule and compiles whole with autograd on.
     """
-    channels_last_path = "compiled_no_grad"
+    channels_last_path = "compiled_no_grad"   # a UNet's config.norm_path sets it on its own norms
 
     def forward(self, x: Tensor) -> Tensor:
         when = self.channels_last_path
-        if when not in ("compiled_no_grad", "always", "never"):
+        if when not in NORM_PATHS:
             raise ValueError("GroupNorm.channels_last_path must be 'compiled_no_grad', 'always' or 'never'; "
                              f"got {when!r}")
         fwd = forward_ad_active()
@@ -534,6 +540,10 @@ class UNet(nn.Module):
                 self.dec.append(block(c + skips.pop(), mc * mult, attention=attn, cat_skip=True))
                 c = mc * mult
         self.out_norm, self.out_conv = group_norm(c), conv(c, cfg.out_channels, 3, 1e-5)
+        if cfg.norm_path is not None:   # e.g. 'always': cmlite's norm in the training passes too (see GroupNorm)
+            for m in self.modules():
+                if isinstance(m, GroupNorm):
+                    m.channels_last_path = cfg.norm_path
 
     def embed(self, c_noise: Tensor, class_labels: Tensor | None, batch: int) -> Tensor:
         """The embedding vector emb of shape (B, model_channels * channel_mult_emb)."""
