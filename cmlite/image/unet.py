@@ -310,10 +310,11 @@ class GroupNorm(nn.GroupNorm):
     ``GroupNorm.channels_last_path`` (on the class) says when: ``"compiled_no_grad"`` (default) inside
     ``torch.compile`` where autograd is off (compiled sampling, and the target's and teacher's forward
     passes of a compiled training step), ``"always"``, or ``"never"``; ``UNetConfig.norm_path`` sets it on the
-    norms of one network (``cmlite train … --set net_overrides.norm_path=always``). Measured on an H100 (compiled, bf16,
-    batch 512): one-step sampling 8.6% faster than with torch's GroupNorm. Not used by default: in eager
-    mode (torch's fused kernel is one pass; this is several) and in the training passes (timed on an H100
-    only while each norm still broke the compiled graph, see docs/speed.md; its backward pass is tested).
+    norms of one network (``cmlite train … --set net_overrides.norm_path=always``). Measured on an H100
+    (compiled, bf16, batch 512, the 55.7M network): one-step sampling 8.6% faster than with torch's GroupNorm.
+    Not used by default in eager mode (torch's fused kernel is one pass; this is several) nor in the training
+    passes, where it made the CD step 16% faster and the CT step 3% slower, with one host synchronisation per
+    step (docs/speed.md; its backward pass is tested).
     bench/step_bench.py compares them (``fast`` against ``fast-library-gn`` and ``fast-always-gn``).
 
     Forward-mode derivatives (``torch.func.jvp``, ``torch.autograd.forward_ad``): torch's GroupNorm has a
