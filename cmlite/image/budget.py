@@ -164,8 +164,7 @@ class Recalibrator:
         if self.t0 is None or step <= self.step0:
             self.t0, self.step0 = now, step
             return None
-        closes = self.quick and step - self.step0 >= QUICK_STEPS
-        if now - self.t0 < RECAL_EVERY * self.budget.total and not closes:
+        if now - self.t0 < RECAL_EVERY * self.budget.total and not self.due(step):   # due: a quick window closes
             return None
         self.quick = False
         rate = (now - self.t0) / (step - self.step0)

@@ -332,8 +332,7 @@ class GroupNorm(nn.GroupNorm):
     def forward(self, x: Tensor) -> Tensor:
         when = self.channels_last_path
         if when not in NORM_PATHS:
-            raise ValueError("GroupNorm.channels_last_path must be 'compiled_no_grad', 'always' or 'never'; "
-                             f"got {when!r}")
+            raise ValueError(f"GroupNorm.channels_last_path must be one of {NORM_PATHS}; got {when!r}")
         fwd = forward_ad_active()
         use = when == "always" or (when == "compiled_no_grad" and not fwd and not torch.is_grad_enabled()
                                    and torch.compiler.is_compiling())
