@@ -17,9 +17,11 @@ device a run draws from (CUDA or mps), so that a checkpoint resumes exactly ther
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import torch
 
@@ -95,9 +97,10 @@ def resolve_compile(compile: bool | str, device: torch.device) -> bool:
     return compile
 
 
-# A cold compilation of a U-Net training step costs 1-2 minutes and then trains about 1.4x faster than
-# eager (cmlite train mnist-teacher on an H200, 2026-12-05: first step after 99.0 s against 12.4 s, 5029
-# against 3487 images/s); compiling pays back after (99.0 * 5029 - 12.4 * 3487) / (5029 - 3487) s = 4.9 min.
+# A cold compilation of a U-Net training step costs 1-2 minutes (up to 4.5 for CD and sCT on a slow host) and
+# then trains about 1.4x faster than eager (cmlite train mnist-teacher on an H200, 2026-12-05: first step after
+# 99.0 s against 12.4 s, 5029 against 3487 images/s); compiling pays back after
+# (99.0 * 5029 - 12.4 * 3487) / (5029 - 3487) s = 4.9 min.
 # On an H100 (docs/results/2026-12-05-h100: 50.9 s at 12688 images/s against 5.5 s at 9425) it is 3.0 min.
 COMPILE_PAYS_AFTER_MINUTES = 5.0
 
@@ -130,10 +133,23 @@ def compile_plan(minutes: float | None, warm: bool, processes: int = 1) -> str:
     return "now" if compile_pays(minutes, warm) else "eager"
 
 
+@functools.lru_cache(maxsize=None)
+def source_digest() -> str:
+    """A short sha1 of cmlite's own source (every ``.py`` file of the package, with its path). A compile
+    marker names it, so that a cache filled by other code (an edited U-Net, a newer cmlite) is not taken to
+    hold this code's graphs: such a run compiles ahead, where it would otherwise compile at its second step
+    while training nothing. Unchanged graphs still load from the cache, in seconds."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha1()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def compile_marker(cache_dir: str | os.PathLike, key: dict) -> str:
     """The file in ``cache_dir`` that says a run with these graph-shaping settings (``key``: network,
-    method, shapes, batch, precision, layout, torch version, card) has compiled here before, so that its
-    graphs are in the cache. Written after such a run's first compiled step."""
+    method, shapes, batch, precision, layout, torch version, card, :func:`source_digest`) has compiled here
+    before, so that its graphs are in the cache. Written after such a run's first compiled step."""
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return os.path.join(os.fspath(cache_dir), f"cmlite-compiled-{digest}")
 

@@ -312,6 +312,36 @@ def test_auto_compile_never_waits_for_the_compiler_before_the_first_step(tmp_pat
     other = r.with_overrides([f"train.batch_size={r.train.batch_size // 2}"])
     assert run("short-other", other, minutes=0.02) == (False, False)  # other graphs, cold: eager
     assert _InstantAhead.started == 1
+    # The same settings, but cmlite's source has changed since the cache was filled (an edited U-Net would
+    # trace other graphs): the marker does not count, so the run compiles ahead instead of compiling at its
+    # second step while training nothing.
+    monkeypatch.setattr(run_mod, "source_digest", lambda: "other code")
+    assert run("edited", r, steps=2) == (True, True)
+    assert _InstantAhead.started == 2 and "compile_ahead" in summary("edited")
+    assert len(list(cache.glob("cmlite-compiled-*"))) == 2   # the other code's graphs marked beside the first
+
+
+def test_the_source_digest_names_every_source_file_and_its_content(tmp_path, monkeypatch):
+    """source_digest hashes each .py file of the package with its path: renaming or editing one changes it."""
+    import cmlite.devices as devices
+    pkg = tmp_path / "pkg"
+    (pkg / "image").mkdir(parents=True)
+    (pkg / "devices.py").write_text("x = 1\n")
+    (pkg / "image" / "unet.py").write_text("y = 2\n")
+    monkeypatch.setattr(devices, "__file__", str(pkg / "devices.py"))
+
+    def digest():
+        devices.source_digest.cache_clear()
+        return devices.source_digest()
+
+    first = digest()
+    (pkg / "image" / "unet.py").write_text("y = 3\n")
+    edited = digest()
+    (pkg / "image" / "unet.py").rename(pkg / "image" / "net.py")
+    renamed = digest()
+    (pkg / "notes.txt").write_text("not source")
+    assert len({first, edited, renamed}) == 3 and digest() == renamed
+    devices.source_digest.cache_clear()
 
 
 def test_a_run_that_goes_on_compiled_refits_K_and_ends_with_its_budget(tmp_path, monkeypatch):

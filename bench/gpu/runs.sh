@@ -28,6 +28,11 @@
 #                    loading the graphs before the first step)
 #   copy PATH...     files of the work folder (relative to its runs/ folder) copied to OUTDIR, '/' -> '-'
 #   fp16 RUN...      a run's EMA weights as fp16 safetensors in OUTDIR (RUN-ema-fp16.safetensors)
+#   cache-out        the compile cache of the chains (WORK/inductor) as OUTDIR/inductor-cache.tgz.00, .01, ... (parts
+#                    of at most CACHE_PART_MB = 15 MiB). Put the parts in a folder under .gpu/ of a later checkout:
+#                    on the next machine of the same kind (card, torch) every stage first unpacks them into an empty
+#                    WORK/inductor, so that the chains start warm (graphs that changed since compile ahead as usual).
+#                    Untried across machines so far: each run's recipe.json counts its cache hits and misses
 # Data and weights come from the folders prepared by `bash bench/gpu/prepare.sh` (a .gpu/ folder in the checkout).
 # Everything a stage produced (logs, JSON, grids, sample npz files, EMA weights; no checkpoints) is packed
 # into OUTDIR/STAGE.tgz.
@@ -47,6 +52,11 @@ if [ -f $S/inc_aa ] && [ ! -f $S/default_1.pt ]; then  # the weights travel in p
   if [ "$(sha1sum < $S/inception.tmp | cut -c1-40)" = $INCEPTION_SHA1 ]; then
     mv $S/inception.tmp $S/default_1.pt && echo "Inception weights joined, sha1 $INCEPTION_SHA1" | tee $L/inception.sha1
   else rm -f $S/inception.tmp; fi
+fi
+if ls $S/inductor-cache.tgz.* > /dev/null 2>&1 && [ ! -e $W/inductor/.carried ] && [ -z "$(ls -A $W/inductor 2>/dev/null)" ]; then
+  mkdir -p $W/inductor && cat $S/inductor-cache.tgz.* | tar xzf - -C $W/inductor \
+    && echo "compile cache carried from $(cat $W/inductor/.origin 2>/dev/null || echo 'an earlier machine'): $(du -sh $W/inductor | cut -f1)" \
+    | tee $W/inductor/.carried | tee $L/cache.txt
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee $L/gpu.txt
 python -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" | tee -a $L/gpu.txt
@@ -145,5 +155,8 @@ print(f\"steady {r['steady_images_per_second']} images/s\" + (f\"; went compiled
         done; done ;;
   copy) shift 2; for f in "$@"; do cp $R/$f "$DEST/$(echo $f | tr '/' '-')"; done; ls -la "$DEST" ;;
   fp16) shift 2; FP16 "$DEST" "$@" ;;
+  cache-out) echo "$(date -u +%F), $(sed -n 2p $L/gpu.txt), code $(git rev-parse --short HEAD 2>/dev/null)" > $W/inductor/.origin
+      (cd $W/inductor && tar czf - --exclude=.carried .) | split -b ${CACHE_PART_MB:-15}m -d - "$DEST/inductor-cache.tgz."
+      echo "compile cache: $(du -sh $W/inductor | cut -f1), packed in $(ls $DEST/inductor-cache.tgz.* | wc -l) part(s)" ;;
   *) echo "unknown stage $STAGE"; exit 2 ;;
 esac
