@@ -323,7 +323,6 @@ def test_auto_compile_never_waits_for_the_compiler_before_the_first_step(tmp_pat
 
 def test_the_source_digest_names_every_source_file_and_its_content(tmp_path, monkeypatch):
     """source_digest hashes each .py file of the package with its path: renaming or editing one changes it."""
-    import cmlite.devices as devices
     pkg = tmp_path / "pkg"
     (pkg / "image").mkdir(parents=True)
     (pkg / "devices.py").write_text("x = 1\n")
@@ -334,14 +333,16 @@ def test_the_source_digest_names_every_source_file_and_its_content(tmp_path, mon
         devices.source_digest.cache_clear()
         return devices.source_digest()
 
-    first = digest()
-    (pkg / "image" / "unet.py").write_text("y = 3\n")
-    edited = digest()
-    (pkg / "image" / "unet.py").rename(pkg / "image" / "net.py")
-    renamed = digest()
-    (pkg / "notes.txt").write_text("not source")
-    assert len({first, edited, renamed}) == 3 and digest() == renamed
-    devices.source_digest.cache_clear()
+    try:
+        first = digest()
+        (pkg / "image" / "unet.py").write_text("y = 3\n")
+        edited = digest()
+        (pkg / "image" / "unet.py").rename(pkg / "image" / "net.py")
+        renamed = digest()
+        (pkg / "notes.txt").write_text("not source")
+        assert len({first, edited, renamed}) == 3 and digest() == renamed
+    finally:   # later callers hash the real package, also after a failure here
+        devices.source_digest.cache_clear()
 
 
 def test_a_run_that_goes_on_compiled_refits_K_and_ends_with_its_budget(tmp_path, monkeypatch):

@@ -54,10 +54,10 @@ if [ -f $S/inc_aa ] && [ ! -f $S/default_1.pt ]; then  # the weights travel in p
     mv $S/inception.tmp $S/default_1.pt && echo "Inception weights joined, sha1 $INCEPTION_SHA1" | tee $L/inception.sha1
   else rm -f $S/inception.tmp; fi
 fi
-if ls $S/inductor-cache.tgz.* > /dev/null 2>&1 && [ ! -e $W/inductor/.carried ] && [ -z "$(ls -A $W/inductor 2>/dev/null)" ]; then
+if ls $S/inductor-cache.tgz.* > /dev/null 2>&1 && [ -z "$(ls -A $W/inductor 2>/dev/null)" ]; then   # once: into an empty cache
   mkdir -p $W/inductor && cat $S/inductor-cache.tgz.* | tar xzf - -C $W/inductor \
     && echo "compile cache carried from $(cat $W/inductor/.origin 2>/dev/null || echo 'an earlier machine'): $(du -sh $W/inductor | cut -f1)" \
-    | tee $W/inductor/.carried | tee $L/cache.txt
+    | tee $L/cache.txt
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee $L/gpu.txt
 python -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" | tee -a $L/gpu.txt
@@ -157,7 +157,7 @@ print(f\"steady {r['steady_images_per_second']} images/s\" + (f\"; went compiled
   copy) shift 2; for f in "$@"; do cp $R/$f "$DEST/$(echo $f | tr '/' '-')"; done; ls -la "$DEST" ;;
   fp16) shift 2; FP16 "$DEST" "$@" ;;
   cache-out) echo "$(date -u +%F), $(sed -n 2p $L/gpu.txt), code $(git rev-parse --short HEAD 2>/dev/null)" > $W/inductor/.origin
-      (cd $W/inductor && tar czf - --exclude=.carried .) | split -b ${CACHE_PART_MB:-15}m -d - "$DEST/inductor-cache.tgz."
+      (cd $W/inductor && tar czf - .) | split -b ${CACHE_PART_MB:-15}m -d - "$DEST/inductor-cache.tgz."
       echo "compile cache: $(du -sh $W/inductor | cut -f1), packed in $(ls $DEST/inductor-cache.tgz.* | wc -l) part(s)" ;;
   *) echo "unknown stage $STAGE"; exit 2 ;;
 esac
