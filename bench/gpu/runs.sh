@@ -26,6 +26,8 @@
 #                    warm-now", the first four by default; short: `--minutes SHORT_MIN` (0.5) with an empty
 #                    cache, where compile='auto' trains eagerly; warm-now: the filled cache with compile=True,
 #                    loading the graphs before the first step)
+#   warm RECIPE...   `cmlite train RECIPE --steps STARTUP_STEPS` (300) with the chains' compile cache WORK/inductor
+#                    (filled by the chains, or carried from another machine: cache-out): the start of a second run
 #   copy PATH...     files of the work folder (relative to its runs/ folder) copied to OUTDIR, '/' -> '-'
 #   fp16 RUN...      a run's EMA weights as fp16 safetensors in OUTDIR (RUN-ema-fp16.safetensors)
 #   cache-out        the compile cache of the chains (WORK/inductor) as OUTDIR/inductor-cache.tgz.00, .01, ... (parts
@@ -78,6 +80,16 @@ E() { local name=$1; shift; echo "=== eval $name $(date +%T)"
 ms() { date +%s%N | cut -c1-13; }
 TEACHER() { case $1 in *-cd) local t=$R/${1%-cd}-teacher; [ -d $t ] || t=$PWD/pretrained/${1%-cd}-teacher
                              echo --teacher $t ;; esac; }   # a CD recipe's teacher: this machine's run, else pretrained/
+START() { local stage=$1 c=$2 name=$3 cache=$4; shift 4; rm -rf $W/$stage-$c-$name   # one timed `cmlite train`
+  local s=$(ms); python -m cmlite train $name "$@" --out $W/$stage-$c-$name --cache-dir $cache $(TEACHER $name) \
+    > $L/$stage-$c-$name.log 2>&1
+  cp $W/$stage-$c-$name/recipe.json $L/$stage-$c-$name.json 2>/dev/null
+  cp $W/$stage-$c-$name/compile-ahead.log $L/$stage-$c-$name-compile-ahead.log 2>/dev/null
+  local first=$(tr '\r' '\n' < $L/$stage-$c-$name.log | grep -o 'first training step done [0-9.]* s' | head -n 1)
+  local more=$(python -c "import json,sys; r=json.load(open(sys.argv[1])); a=r.get('compile_ahead') or r.get('compile_cached') or {}
+print(f\"steady {r['steady_images_per_second']} images/s\" + (f\"; went compiled {a.get('ready_after_s')} s after the start, first compiled step {a.get('first_compiled_step_s')} s, {a.get('fx_graph_cache_hits')} cache hits, {a.get('fx_graph_cache_misses')} misses\" if a else ''))" \
+    $W/$stage-$c-$name/recipe.json 2>/dev/null)
+  echo "$stage $name $c: whole command $(( $(ms) - s )) ms, $first, $more" | tee -a $L/$stage.txt; }
 FP16() { local dest=$1; shift; python - "$dest" "$R" "$@" <<'PY'
 import sys
 from safetensors.torch import load_file, save_file
@@ -135,7 +147,7 @@ PY
   startup) shift 2
       for name in "$@"; do
         for c in ${STARTUP_VARIANTS:-ahead warm cold eager}; do
-          case $c in ahead|cold|short) rm -rf $W/inductor-startup-$name ;; esac; rm -rf $W/startup-$c-$name
+          case $c in ahead|cold|short) rm -rf $W/inductor-startup-$name ;; esac
           case $c in
             ahead) len="--minutes ${AHEAD_MIN:-3}" ;;                           # auto, cold: compiles in another process
             cold)  len="--steps ${STARTUP_STEPS:-300} --set train.compile=True" ;;  # compiles before the first step
@@ -144,16 +156,10 @@ PY
             warm-now) len="--steps ${STARTUP_STEPS:-300} --set train.compile=True" ;;  # the cache filled, loaded first
             *)     len="--steps ${STARTUP_STEPS:-300}" ;;                        # warm: auto, the cache filled
           esac
-          s=$(ms); python -m cmlite train $name $len --out $W/startup-$c-$name \
-            --cache-dir $W/inductor-startup-$name $(TEACHER $name) > $L/startup-$c-$name.log 2>&1
-          cp $W/startup-$c-$name/recipe.json $L/startup-$c-$name.json 2>/dev/null
-          cp $W/startup-$c-$name/compile-ahead.log $L/startup-$c-$name-compile-ahead.log 2>/dev/null
-          first=$(tr '\r' '\n' < $L/startup-$c-$name.log | grep -o 'first training step done [0-9.]* s' | head -n 1)
-          more=$(python -c "import json,sys; r=json.load(open(sys.argv[1])); a=r.get('compile_ahead') or r.get('compile_cached') or {}
-print(f\"steady {r['steady_images_per_second']} images/s\" + (f\"; went compiled {a.get('ready_after_s')} s after the start, first compiled step {a.get('first_compiled_step_s')} s, {a.get('fx_graph_cache_hits')} cache hits, {a.get('fx_graph_cache_misses')} misses\" if a else ''))" \
-            $W/startup-$c-$name/recipe.json 2>/dev/null)
-          echo "startup $name $c: whole command $(( $(ms) - s )) ms, $first, $more" | tee -a $L/startup.txt
+          START startup $c $name $W/inductor-startup-$name $len
         done; done ;;
+  warm) shift 2   # the chains' own compile cache (WORK/inductor: filled by the chains, or carried by cache-out)
+      for name in "$@"; do START warm default $name $W/inductor --steps ${STARTUP_STEPS:-300}; done ;;
   copy) shift 2; for f in "$@"; do cp $R/$f "$DEST/$(echo $f | tr '/' '-')"; done; ls -la "$DEST" ;;
   fp16) shift 2; FP16 "$DEST" "$@" ;;
   cache-out) echo "$(date -u +%F), $(sed -n 2p $L/gpu.txt), code $(git rev-parse --short HEAD 2>/dev/null)" > $W/inductor/.origin
