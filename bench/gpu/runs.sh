@@ -58,12 +58,16 @@ if [ -f $S/inc_aa ] && [ ! -f $S/default_1.pt ]; then  # the weights travel in p
     mv $S/inception.tmp $S/default_1.pt && echo "Inception weights joined, sha1 $INCEPTION_SHA1" | tee $L/inception.sha1
   else rm -f $S/inception.tmp; fi
 fi
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee $L/gpu.txt
 if ls $S/inductor-cache.tgz.* > /dev/null 2>&1 && [ -z "$(ls -A $W/inductor 2>/dev/null)" ]; then   # once: into an empty cache
   mkdir -p $W/inductor && cat $S/inductor-cache.tgz.* | tar xzf - -C $W/inductor \
     && echo "compile cache carried from $(cat $W/inductor/.origin 2>/dev/null || echo 'an earlier machine'): $(du -sh $W/inductor | cut -f1)" \
     | tee $L/cache.txt
+  card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)   # torch keys its cache by the card
+  case "$(cat $W/inductor/.origin 2>/dev/null)" in *"$card"*) ;;
+    *) echo "not made on this card ($card): torch keys its compile cache by the card's name; the runs compile again" \
+         | tee -a $L/cache.txt ;; esac
 fi
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee $L/gpu.txt
 python -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" | tee -a $L/gpu.txt
 { git rev-parse HEAD; git status --porcelain --untracked-files=no -- cmlite bench | head -n 20   # a copied tree's
   echo "source sha1 $(find cmlite bench -path bench/out -prune -o \( -name '*.py' -o -name '*.sh' \) -print | LC_ALL=C sort | xargs sha1sum | sha1sum | cut -c1-40)"
