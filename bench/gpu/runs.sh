@@ -63,7 +63,7 @@ if ls $S/inductor-cache.tgz.* > /dev/null 2>&1 && [ -z "$(ls -A $W/inductor 2>/d
   mkdir -p $W/inductor && cat $S/inductor-cache.tgz.* | tar xzf - -C $W/inductor \
     && echo "compile cache carried from $(cat $W/inductor/.origin 2>/dev/null || echo 'an earlier machine'): $(du -sh $W/inductor | cut -f1)" \
     | tee $L/cache.txt
-  card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)   # torch keys its cache by the card
+  card=$(sed -n 2p $L/gpu.txt | cut -d, -f1)   # this card, as cache-out writes it into .origin; torch keys its cache by it
   case "$(cat $W/inductor/.origin 2>/dev/null)" in *"$card"*) ;;
     *) echo "not made on this card ($card): torch keys its compile cache by the card's name; the runs compile again" \
          | tee -a $L/cache.txt ;; esac
