@@ -72,9 +72,11 @@ python -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
 { git rev-parse HEAD; git status --porcelain --untracked-files=no -- cmlite bench | head -n 20   # a copied tree's
   echo "source sha1 $(find cmlite bench -path bench/out -prune -o \( -name '*.py' -o -name '*.sh' \) -print | LC_ALL=C sort | xargs sha1sum | sha1sum | cut -c1-40)"
 } > $L/commit.txt 2>/dev/null || true   # HEAD may be older than the files: the source sha1 names what ran
+# T: one `cmlite train`, its log every 20th progress line and every message. sed -u reads and writes unbuffered,
+# so that `wait` shows the run's progress (through awk the log came in blocks minutes apart on a GPU machine).
 T() { local name=$1; shift; echo "=== train $name $(date +%T)"; local t0=$(date +%s)
       python -m cmlite train $name --out $R/$name "$@" ${TRAIN_SET:+--set $TRAIN_SET} 2>&1 | stdbuf -oL tr '\r' '\n' | grep --line-buffered -v '^\s*$' \
-        | awk 'NR%20==1 || /Error|error|Traceback|steps,|first step|calibrat|compil/ {print; fflush()}' > $L/train-$name.log
+        | sed -un -E '1~20{p;b};/Error|error|Traceback|steps,|first step|calibrat|compil/p' > $L/train-$name.log
       echo "$name wall $(( $(date +%s) - t0 )) s" | tee -a $L/train-$name.log; }
 SAMPLES() { for r in "$@"; do for k in 1 2; do
       python -m cmlite sample $R/$r --steps $k --n 10000 --out $R/$r/samples-$k.npz 2>&1 | tail -n 1 | tee -a $L/samples.log
