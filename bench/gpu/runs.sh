@@ -36,7 +36,8 @@
 #                    WORK/inductor, so that the chains start warm (graphs that changed since compile ahead as usual).
 #                    Tried on one H100 with the cache unpacked into another folder (2 hits, 0 misses; docs/results/
 #                    2026-12-06-h100-c); from an H200 to an H100 it spared no compiling (torch keys the cache by
-#                    the card's name; docs/results/2026-12-06-h100-d); between two machines of one kind untried.
+#                    the card's name; docs/results/2026-12-06-h100-d); between two H100 machines it did (3 hits,
+#                    0 misses, first step after 9.1 s; docs/results/2026-12-06-h100-e).
 #                    Each run's recipe.json counts its hits and misses
 # Data and weights come from the folders prepared by `bash bench/gpu/prepare.sh` (a .gpu/ folder in the checkout).
 # Everything a stage produced (logs, JSON, grids, sample npz files, EMA weights; no checkpoints) is packed
