@@ -305,7 +305,9 @@ def folder_date(name: str) -> str:
 
 folders = sorted({e["folder"] for e in runs.values()}, key=lambda name: (folder_date(name), name))
 MARKER = {"teacher": "o-", "cd": "s--", "ict": "^--", "ct": "v--", "ect": "D--", "sct": "P--", "cct": "X--"}
-# colour: the results folder; marker: the method
+# colour: the results folder (tab20's dark shades, then its light ones: more folders than the default cycle's 10);
+# marker: the method
+COLOUR = {folder: plt.cm.tab20([*range(0, 20, 2), *range(1, 20, 2)][i % 20]) for i, folder in enumerate(folders)}
 if not runs:
     print(f"no stored GPU results in {RESULTS}: this cell reads docs/results/gpu-*/*/eval.json of a checkout of "
           "the cmlite repository (an installed package does not carry them)")
@@ -319,15 +321,15 @@ else:
             for name, e in these:
                 nfe = [r["nfe"] for r in e["rows"]]
                 fid = [r[f"fid_{space}"] for r in e["rows"]]
-                ax.plot(nfe, fid, MARKER[e["recipe"].split("-")[-1]], color=f"C{folders.index(e['folder'])}",
+                ax.plot(nfe, fid, MARKER[e["recipe"].split("-")[-1]], color=COLOUR[e["folder"]],
                         label=name)
             floors = {}                                  # each folder's own floor, one line per distinct value
             for _, e in these:
                 floors.setdefault(round(e["floors"][space]["fid"], 3), e["folder"])
             for floor, folder in floors.items():
-                ax.axhline(floor, color=f"C{folders.index(folder)}", lw=0.8, ls=":")
+                ax.axhline(floor, color=COLOUR[folder], lw=0.8, ls=":")
                 ax.annotate(f"floor {floor:.3g}", (1, floor), xycoords=("axes fraction", "data"), ha="right",
-                            va="bottom", fontsize=7, color=f"C{folders.index(folder)}")
+                            va="bottom", fontsize=7, color=COLOUR[folder])
             ax.set(xscale="log", yscale="log", xlabel="network evaluations per sample", ylabel=f"{space} FID",
                    title=f"{ds}: {space} FID (10k samples)")
             if col == 1:                                 # one legend per data set, beside its two panels
