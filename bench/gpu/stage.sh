@@ -59,7 +59,7 @@ if [ -f $S/inc_aa ] && [ -f $S/inc_ab ] && [ ! -f $S/default_1.pt ]; then
 fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee $L/gpu.txt
 python -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" | tee -a $L/gpu.txt
-T() { local name=$1; shift; echo "=== train $name $(date +%T)"; python -m cmlite train $name --out $R/$name "$@" 2>&1 | tr '\r' '\n' | grep -v '^\s*$' | awk 'NR%20==1 || /Error|error|Traceback|steps,/' | tee $L/train-$name.log; }
+T() { local name=$1; shift; echo "=== train $name $(date +%T)"; python -m cmlite train $name --out $R/$name "$@" 2>&1 | tr '\r' '\n' | grep -v '^\s*$' | sed -un -E '1~20{p;b};/Error|error|Traceback|steps,/p' | tee $L/train-$name.log; }
 E() { local name=$1; shift; echo "=== eval $name $(date +%T)"; python -m cmlite eval $R/$name --cache $R "$@" 2>&1 | tee $L/eval-$name.log; }
 case $STAGE in
   a) T mnist-teacher --minutes ${MIN_MNIST_TEACHER:-2.5}
