@@ -5,6 +5,7 @@ For a U-Net preset (default ``cifar10``: EDM's 55.7M-parameter DDPM++ at 32x32x3
 * ``ct``     the consistency-training step (Algorithm 3): online forward + backward, target forward,
              optimiser step, target and EMA updates, batch drawn on the device;
 * ``ict``    the same for improved CT (mu = 0: the online network is the target, lognormal indices);
+* ``ect``    the same for ECT (t from the lognormal, r paired with it, one dropout mask for both passes);
 * ``cd``     the consistency-distillation step (Algorithm 2): one Heun step of the teacher (2 forwards),
              target forward, online forward + backward, updates;
 * ``sct``    the sCT step (continuous time): a JVP pass without gradient (compiled: one compiled
@@ -79,7 +80,7 @@ VARIANTS = {
     "fast-library-gn": dict(precision="bf16", channels_last=True, compile=True, tf32=True, gn="library"),
     "fast-always-gn": dict(precision="bf16", channels_last=True, compile=True, tf32=True, gn="always"),
 }
-KINDS = ("ct", "ict", "cd", "sct", "sample")
+KINDS = ("ct", "ict", "ect", "cd", "sct", "sample")
 GiB = 2 ** 30
 
 
@@ -143,7 +144,7 @@ def sync(device) -> None:
 
 # ------------------------------------------------------------------------------------------ builders
 def recipe_for(preset: str, kind: str):
-    family = "tiny" if preset == "tiny" else "mnist" if preset == "mnist" else "cifar10"
+    family = "tiny" if preset == "tiny" else "mnist" if preset.startswith("mnist") else "cifar10"
     method = "ct" if kind == "sample" else kind
     r = get_recipe(f"{family}-{method}")
     r.net = preset
@@ -488,7 +489,7 @@ def tables(res: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="cifar10", choices=["cifar10", "cifar10-small", "mnist", "tiny"])
+    p.add_argument("--preset", default="cifar10", choices=["cifar10", "cifar10-small", "mnist", "mnist-small", "tiny"])
     p.add_argument("--batch", type=int, nargs="+", default=[128, 256, 512, 1024])
     p.add_argument("--kinds", nargs="+", default=["ct", "cd", "sample"], choices=KINDS)
     p.add_argument("--variants", nargs="+", default=["fp32-eager", "fast"], choices=list(VARIANTS))

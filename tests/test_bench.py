@@ -4,7 +4,8 @@ counts obey the arithmetic of the steps.
 FLOP arithmetic (convolutions and matmuls, which are all FlopCounterMode counts): with F the FLOPs of one
 forward pass of the network, a backward pass costs 2F (gradients with respect to the input and to the
 weights, each as much as the forward), less the input gradient of the first layer, which nothing needs.
-So a CT step (online forward + backward, target forward) costs 4F and a CD step (the same plus two
+So a CT step (online forward + backward, target forward) costs 4F, as do the iCT and ECT steps (the same two
+passes at other times), and a CD step (the same plus two
 teacher evaluations of the Heun step) 6F, short by that first-layer term: for the tiny U-Net (a 3x3
 convolution from the image's few channels to 16) it is 0.08% of the total, so 1% bounds it with room,
 while a count that missed a pass (3F, 5F) is 25% or 17% off."""
@@ -27,17 +28,18 @@ def _run(tmp_path, *args) -> dict:
 
 
 def test_flop_counts_follow_the_steps(tmp_path):
-    res = _run(tmp_path, "--device", "cpu", "--flops-only", "--preset", "tiny", "--kinds", "sample", "ct", "cd")
+    res = _run(tmp_path, "--device", "cpu", "--flops-only", "--preset", "tiny", "--kinds", "sample", "ct", "ict", "ect", "cd")
     F = res["flops_per_image"]
     assert res["results"] == []  # --flops-only times nothing
-    assert F["ct"] / F["sample"] == pytest.approx(4.0, rel=0.01)
+    for kind in ("ct", "ict", "ect"):
+        assert F[kind] / F["sample"] == pytest.approx(4.0, rel=0.01), kind
     assert F["cd"] / F["sample"] == pytest.approx(6.0, rel=0.01)
 
 
 def test_quick_self_check_measures_every_kind_and_variant(tmp_path):
     res = _run(tmp_path, "--quick")
     done = {(r["kind"], r["variant"]) for r in res["results"] if "error" not in r}
-    assert done == {(k, v) for k in ("ct", "ict", "cd", "sct", "sample") for v in ("fp32-eager", "fast")}
+    assert done == {(k, v) for k in ("ct", "ict", "ect", "cd", "sct", "sample") for v in ("fp32-eager", "fast")}
     for r in res["results"]:
         assert r["images_per_s"] > 0 and r["s_per_step"] > 0
 

@@ -60,6 +60,8 @@ if [ -f $S/inc_aa ] && [ ! -f $S/default_1.pt ]; then  # the weights travel in p
   else rm -f $S/inception.tmp; fi
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee $L/gpu.txt
+# the host's CPU: at the MNIST network's size a step is bound by it, and H100 machines' hosts have differed by 2x
+{ lscpu 2>/dev/null | grep -m1 'Model name'; echo "CPUs: $(nproc)"; } > $L/cpu.txt
 if ls $S/inductor-cache.tgz.* > /dev/null 2>&1 && [ -z "$(ls -A $W/inductor 2>/dev/null)" ]; then   # once: into an empty cache
   mkdir -p $W/inductor && cat $S/inductor-cache.tgz.* | tar xzf - -C $W/inductor \
     && echo "compile cache carried from $(cat $W/inductor/.origin 2>/dev/null || echo 'an earlier machine'): $(du -sh $W/inductor | cut -f1)" \
