@@ -5,10 +5,9 @@ FLOP arithmetic (convolutions and matmuls, which are all FlopCounterMode counts)
 forward pass of the network, a backward pass costs 2F (gradients with respect to the input and to the
 weights, each as much as the forward), less the input gradient of the first layer, which nothing needs.
 So a CT step (online forward + backward, target forward) costs 4F, as do the iCT and ECT steps (the same two
-passes at other times), and a CD step (the same plus two
-teacher evaluations of the Heun step) 6F, short by that first-layer term: for the tiny U-Net (a 3x3
-convolution from the image's few channels to 16) it is 0.08% of the total, so 1% bounds it with room,
-while a count that missed a pass (3F, 5F) is 25% or 17% off."""
+passes at other times), and a CD step (the same plus two teacher evaluations of the Heun step) 6F, short by
+that first-layer term: for the tiny U-Net (a 3x3 convolution from the image's few channels to 16) it is 0.08%
+of the total, so 1% bounds it with room, while a count that missed a pass (3F, 5F) is 25% or 17% off."""
 import json
 import subprocess
 import sys
@@ -28,7 +27,8 @@ def _run(tmp_path, *args) -> dict:
 
 
 def test_flop_counts_follow_the_steps(tmp_path):
-    res = _run(tmp_path, "--device", "cpu", "--flops-only", "--preset", "tiny", "--kinds", "sample", "ct", "ict", "ect", "cd")
+    res = _run(tmp_path, "--device", "cpu", "--flops-only", "--preset", "tiny",
+               "--kinds", "sample", "ct", "ict", "ect", "cd")
     F = res["flops_per_image"]
     assert res["results"] == []  # --flops-only times nothing
     for kind in ("ct", "ict", "ect"):
