@@ -23,4 +23,5 @@ for name in ("mnist-ict", "mnist-ect"):
             loss(model, x, N=N).mean().backward()
         events = p.events()
         top = sum(e.cpu_parent is None for e in events)
-        print(f"{name} step {k} of 1000 (N = {N}): {len(events)} operators, {top} of them at the top level (not called by another operator)")
+        print(f"{name} step {k} of 1000 (N = {N}): {len(events)} operators, "
+              f"{top} of them at the top level (not called by another operator)")
