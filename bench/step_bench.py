@@ -40,6 +40,8 @@ over the timed steps. ``syncs/step``: host synchronisations in one steady-state 
     python bench/step_bench.py --quick                            # CPU self-check of the script (seconds)
     python bench/step_bench.py --out bench.json                   # cifar10, batch 128..1024, ct cd sample
     python bench/step_bench.py --batch 512 --kinds ct --variants fast --compile-mode max-autotune-no-cudagraphs
+    python bench/step_bench.py --preset mnist-small --batch 256 1024 --kinds ict --variants bf16-eager --profile
+        # kernels' busy time and count per step against the step's time: bound by the host or by the GPU?
 
 Results: JSON to ``--out`` (rewritten after every configuration, so a killed run keeps what it measured)
 and Markdown tables printed last.
@@ -342,7 +344,9 @@ def profile(fn, device, steps: int = 2) -> dict:
         cls = next(c for c, pats in KERNEL_CLASSES if any(q in name for q in pats))
         split[cls] = split.get(cls, 0.0) + getattr(e, key) / total
     top = sorted(events, key=lambda e: -getattr(e, key))[:25]
-    return {"device_ms_per_step": total / 1e3 / steps, "split": split,
+    # kernels per step: on a GPU each is one launch by the host (graphs compiled without CUDA graphs included)
+    return {"device_ms_per_step": total / 1e3 / steps, "kernels_per_step": sum(e.count for e in events) / steps,
+            "split": split,
             "top": [{"kernel": e.key[:120], "ms_per_step": getattr(e, key) / 1e3 / steps, "calls": e.count / steps}
                     for e in top], "copies": copies[:12], "copy_parents": chains}
 
@@ -396,6 +400,11 @@ def measure(kind, variant, batch, args, device, n_images, flops_per_image, peak_
             rec["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / GiB
         if args.profile:
             rec["profile"] = profile(fn, device)
+            pr = rec["profile"]
+            if device.type == "cuda":
+                log(f"    profile {kind} {variant} {batch}: kernels busy {pr['device_ms_per_step']:.2f} ms per step "
+                    f"({pr['kernels_per_step']:.0f} kernels); the whole step's time below: far above it, the host "
+                    "(Python, launches) bounds the step")
             log(f"    profile {kind} {variant} {batch}: " + ", ".join(
                 f"{k} {100 * v:.0f}%" for k, v in sorted(rec["profile"]["split"].items(), key=lambda kv: -kv[1])))
             for t in rec["profile"]["top"][:12]:
