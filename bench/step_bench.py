@@ -344,7 +344,7 @@ def profile(fn, device, steps: int = 2) -> dict:
         cls = next(c for c, pats in KERNEL_CLASSES if any(q in name for q in pats))
         split[cls] = split.get(cls, 0.0) + getattr(e, key) / total
     top = sorted(events, key=lambda e: -getattr(e, key))[:25]
-    # kernels per step: on a GPU each is one launch by the host (graphs compiled without CUDA graphs included)
+    # kernels per step: on a GPU each is one launch by the host (a compiled graph's kernels too, without CUDA graphs)
     return {"device_ms_per_step": total / 1e3 / steps, "kernels_per_step": sum(e.count for e in events) / steps,
             "split": split,
             "top": [{"kernel": e.key[:120], "ms_per_step": getattr(e, key) / 1e3 / steps, "calls": e.count / steps}
