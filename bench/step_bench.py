@@ -41,7 +41,7 @@ over the timed steps. ``syncs/step``: host synchronisations in one steady-state 
     python bench/step_bench.py --out bench.json                   # cifar10, batch 128..1024, ct cd sample
     python bench/step_bench.py --batch 512 --kinds ct --variants fast --compile-mode max-autotune-no-cudagraphs
     python bench/step_bench.py --preset mnist-small --batch 256 1024 --kinds ict --variants bf16-eager --profile
-        # kernels' busy time and count per step against the step's time: bound by the host or by the GPU?
+        # the kernels' busy share of the step's time, and their count: bound by the host or by the GPU?
 
 Results: JSON to ``--out`` (rewritten after every configuration, so a killed run keeps what it measured)
 and Markdown tables printed last.
@@ -399,17 +399,17 @@ def measure(kind, variant, batch, args, device, n_images, flops_per_image, peak_
             rec["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / GiB
             rec["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / GiB
         if args.profile:
-            rec["profile"] = profile(fn, device)
-            pr = rec["profile"]
+            rec["profile"] = pr = profile(fn, device)
             if device.type == "cuda":
-                log(f"    profile {kind} {variant} {batch}: kernels busy {pr['device_ms_per_step']:.2f} ms per step "
-                    f"({pr['kernels_per_step']:.0f} kernels); the whole step's time below: far above it, the host "
-                    "(Python, launches) bounds the step")
+                step_ms = 1e3 * statistics.median(dev)
+                log(f"    profile {kind} {variant} {batch}: kernels busy {pr['device_ms_per_step']:.2f} ms of the "
+                    f"step's {step_ms:.2f} ({100 * pr['device_ms_per_step'] / step_ms:.0f}%; "
+                    f"{pr['kernels_per_step']:.0f} kernels): far below 100%, the host (Python, launches) bounds it")
             log(f"    profile {kind} {variant} {batch}: " + ", ".join(
-                f"{k} {100 * v:.0f}%" for k, v in sorted(rec["profile"]["split"].items(), key=lambda kv: -kv[1])))
-            for t in rec["profile"]["top"][:12]:
+                f"{k} {100 * v:.0f}%" for k, v in sorted(pr["split"].items(), key=lambda kv: -kv[1])))
+            for t in pr["top"][:12]:
                 log(f"      {t['ms_per_step']:8.3f} ms x{t['calls']:.0f}  {t['kernel']}")
-            for c in rec["profile"]["copy_parents"][:10]:
+            for c in pr["copy_parents"][:10]:
                 log(f"      copy x{c['calls']:.0f} {c['op']} {c['shapes']} < {c['parents']}")
         if kind != "sample":
             tr.flush()  # the losses of the timed steps are read here: NaN/inf would raise
