@@ -289,10 +289,12 @@ def time_fn(fn, device, steps: int, repeats: int) -> tuple[list[float], list[flo
     return dev, host
 
 
+HOST_RANGES = ("##", "Optimizer.", "ProfilerStep#")  # device events that are ranges, not kernels
 KERNEL_CLASSES = (("attention", ("flash", "fmha", "attention", "attn")),
                   ("depthwise conv (Resample)", ("depthwise", "dwconv", "conv_depthwise", "grouped")),
                   ("optimizer", ("adam", "multi_tensor", "foreach")),
-                  ("conv/gemm", ("conv", "cudnn", "xmma", "gemm", "cutlass", "nvjet", "wgrad", "dgrad", "sm90_", "sm80_")),
+                  ("conv/gemm", ("conv", "cudnn", "xmma", "gemm", "cutlass", "nvjet", "wgrad", "dgrad", "sm90_",
+                                 "sm80_")),
                   ("triton (fused elementwise/norm)", ("triton",)),
                   ("copy/other", ("",)))
 
@@ -331,8 +333,9 @@ def profile(fn, device, steps: int = 2) -> dict:
     chains = [{"op": k[0], "shapes": k[1], "parents": k[2], "calls": v}
               for k, v in sorted(chains.items(), key=lambda kv: -kv[1])][:16]
     if cuda:
-        # "## Call CompiledFxGraph ... ##" ranges span their graphs' kernels: counting them would count twice
-        events = [e for e in ka if e.device_type == DeviceType.CUDA and not e.key.startswith("##")]
+        # ranges marked by the host also show on the device, spanning kernels that are counted on their own
+        # ("## Call CompiledFxGraph ... ##", "Optimizer.step#RAdam.step"): counting them would count twice
+        events = [e for e in ka if e.device_type == DeviceType.CUDA and not e.key.startswith(HOST_RANGES)]
         key = "self_device_time_total" if events and hasattr(events[0], "self_device_time_total") \
             else "self_cuda_time_total"
     else:
@@ -402,9 +405,10 @@ def measure(kind, variant, batch, args, device, n_images, flops_per_image, peak_
             rec["profile"] = pr = profile(fn, device)
             if device.type == "cuda":
                 step_ms = 1e3 * statistics.median(dev)
+                busy = pr["device_ms_per_step"] / step_ms
                 log(f"    profile {kind} {variant} {batch}: kernels busy {pr['device_ms_per_step']:.2f} ms of the "
-                    f"step's {step_ms:.2f} ({100 * pr['device_ms_per_step'] / step_ms:.0f}%; "
-                    f"{pr['kernels_per_step']:.0f} kernels): far below 100%, the host (Python, launches) bounds it")
+                    f"step's {step_ms:.2f} ({100 * busy:.0f}%; {pr['kernels_per_step']:.0f} kernels): "
+                    + ("the GPU waits on the host (Python, launches)" if busy < 0.8 else "the GPU's kernels bound it"))
             log(f"    profile {kind} {variant} {batch}: " + ", ".join(
                 f"{k} {100 * v:.0f}%" for k, v in sorted(pr["split"].items(), key=lambda kv: -kv[1])))
             for t in pr["top"][:12]:
