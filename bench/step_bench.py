@@ -334,7 +334,7 @@ def profile(fn, device, steps: int = 2) -> dict:
               for k, v in sorted(chains.items(), key=lambda kv: -kv[1])][:16]
     if cuda:
         # ranges marked by the host also show on the device, spanning kernels that are counted on their own
-        # ("## Call CompiledFxGraph ... ##", "Optimizer.step#RAdam.step"): counting them would count twice
+        # ("## Call CompiledFxGraph ... ##", "Optimizer.step#RAdam.step"): counting them would add their spans
         events = [e for e in ka if e.device_type == DeviceType.CUDA and not e.key.startswith(HOST_RANGES)]
         key = "self_device_time_total" if events and hasattr(events[0], "self_device_time_total") \
             else "self_cuda_time_total"
