@@ -398,16 +398,16 @@ def measure(kind, variant, batch, args, device, n_images, flops_per_image, peak_
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         dev, host = time_fn(fn, device, steps, args.repeats)
+        s = statistics.median(dev)
         if device.type == "cuda":
             rec["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / GiB
             rec["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / GiB
         if args.profile:
             rec["profile"] = pr = profile(fn, device)
             if device.type == "cuda":
-                step_ms = 1e3 * statistics.median(dev)
-                busy = pr["device_ms_per_step"] / step_ms
+                pr["busy_share"] = busy = pr["device_ms_per_step"] / (1e3 * s)
                 log(f"    profile {kind} {variant} {batch}: kernels busy {pr['device_ms_per_step']:.2f} ms of the "
-                    f"step's {step_ms:.2f} ({100 * busy:.0f}%; {pr['kernels_per_step']:.0f} kernels): "
+                    f"step's {1e3 * s:.2f} ({100 * busy:.0f}%; {pr['kernels_per_step']:.0f} kernels): "
                     + ("the GPU waits on the host (Python, launches)" if busy < 0.8 else "the GPU's kernels bound it"))
             log(f"    profile {kind} {variant} {batch}: " + ", ".join(
                 f"{k} {100 * v:.0f}%" for k, v in sorted(pr["split"].items(), key=lambda kv: -kv[1])))
@@ -417,7 +417,6 @@ def measure(kind, variant, batch, args, device, n_images, flops_per_image, peak_
                 log(f"      copy x{c['calls']:.0f} {c['op']} {c['shapes']} < {c['parents']}")
         if kind != "sample":
             tr.flush()  # the losses of the timed steps are read here: NaN/inf would raise
-        s = statistics.median(dev)
         rec.update(steps_timed=steps, repeats=args.repeats, s_per_step=s, s_per_step_repeats=dev,
                    host_s_per_step=statistics.median(host), images_per_s=batch / s)
         rec["dynamo"] = {k: dynamo_counts().get(k, 0) - d0.get(k, 0) for k in d0}
