@@ -15,7 +15,7 @@ The method in small modules, one job each:
 * :mod:`cmlite.editing`         zero-shot editing (Algorithm 4)
 * :mod:`cmlite.metrics`         sample-quality metrics for low-dimensional data
 """
-from .schedules import (EPS, RHO, SIGMA_DATA, T_MAX, CTSchedule, ECTSchedule, FixedSchedule, ICTSchedule,
+from .schedules import (EPS, RHO, SIGMA_DATA, T_MAX, CTSchedule, ECTSchedule, FixedSchedule, ICTSchedule, Refitted,
                         TangentWarmupSchedule, ct_mu, ct_N, ect_N, ict_N, karras_boundaries, lognormal_index_probs,
                         max_gap)
 from .ode import euler_step, heun_step, pf_ode_drift, reference_solve, score_to_denoiser, solve

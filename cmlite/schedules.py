@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -160,6 +161,50 @@ class ECTSchedule:
 
     def __call__(self, k: int) -> tuple[int, float]:
         return ect_N(k, self.K, self.stages, self.q), 0.0
+
+
+@dataclass
+class Refitted:
+    r"""A schedule whose horizon K was changed part-way through a run, continued from where it was.
+
+    ``schedule`` is built for the new horizon K; at step ``k0`` the run was at ``schedule``'s step ``v0``
+    (:func:`refit` finds it). Step k >= k0 then takes ``schedule``'s step
+
+    .. math:: v(k) = v_0 + \left\lceil (K - v_0)\,\frac{\min(k, K) - k_0}{K - k_0} \right\rceil,
+
+    which goes from v0 at k0 to K at K: the curriculum ends with the run, and N(k) never falls (for a
+    non-decreasing ``schedule``). Built afresh instead, a K that grows would set N back: the eagerly
+    calibrated K of a run that then goes on compiled (3× faster) is refitted upwards, and k / K falls."""
+    schedule: Callable[[int], tuple]
+    K: int
+    k0: int = 0
+    v0: int = 0
+
+    def base_step(self, k: int) -> int:
+        """The step of ``schedule`` that step k of the run takes: v(k)."""
+        span = self.K - self.k0
+        if span <= 0:
+            return self.K
+        d = min(max(k - self.k0, 0), span)
+        return self.v0 + -(-(self.K - self.v0) * d // span)   # integer ceil: exact
+
+    def __call__(self, k: int) -> tuple:
+        return self.schedule(self.base_step(k))
+
+
+def refit(old: Callable[[int], tuple], k0: int, K_old: int, new: Callable[[int], tuple], K: int) -> Refitted:
+    """Continue the run's schedule ``old`` (horizon ``K_old``) at step ``k0`` with ``new``, built for the
+    horizon ``K``: from the same share of the curriculum (``new``'s step ⌈v K / K_old⌉, v being ``old``'s
+    step at k0), moved on by the few steps it may take until ``new``'s N is at least ``old``'s at k0 (the two
+    round their stage lengths differently). See :class:`Refitted`."""
+    if K_old < 1 or K < 1:
+        raise ValueError(f"the horizons must be positive; got K_old={K_old}, K={K}")
+    v = old.base_step(k0) if isinstance(old, Refitted) else min(max(k0, 0), K_old)
+    v0 = min(-(-v * K // K_old), K)
+    now = old(k0)[0]
+    while v0 < K and new(v0)[0] < now:
+        v0 += 1
+    return Refitted(new, K, k0, v0)
 
 
 @dataclass

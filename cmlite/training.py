@@ -62,8 +62,12 @@ class TrainConfig:
     'cuda', 'cuda:K', 'mps' or 'auto'. ``precision``: 'fp32', 'bf16' (autocast), 'fp16' (autocast with
     loss scaling; skipped steps are counted) or 'auto'; ``compile``: True, False or 'auto' (CUDA only);
     the 'auto' values are resolved by :mod:`cmlite.devices` when a :class:`Trainer` is made, and the
-    config then holds what they resolved to. ``log_every``: steps between host reads of the loss (NaN
-    check, history). Every field is checked (type and range) on construction and by the Trainer.
+    config then holds what they resolved to. ``cuda_graphs``: the compiled networks' graphs are replayed as
+    CUDA graphs (Inductor's 'reduce-overhead' mode) on a GPU, in one process: for a small network whose step
+    is bound by the host launching kernels (the 1.75M MNIST U-Net's step ran 2.7× faster on an H100), not a
+    big one (1.02× for the 11.4M CIFAR-10 U-Net); no effect on a CPU or where nothing is compiled.
+    ``log_every``: steps between host reads of the loss (NaN check, history). Every field is checked (type
+    and range) on construction and by the Trainer.
     """
     steps: int = 2000
     batch_size: int = 256
@@ -81,6 +85,7 @@ class TrainConfig:
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool | str = False
+    cuda_graphs: bool = False
 
     def __post_init__(self):
         self.check()
@@ -104,8 +109,9 @@ class TrainConfig:
         return self
 
 
-# fields that may differ when a run is resumed (they do not change what is computed from the checkpoint on)
-RESUMABLE_CHANGES = frozenset({"steps", "device", "log_every", "compile", "seed"})  # seed: RNG states come from the file
+# fields that may differ when a run is resumed (they do not change what is computed from the checkpoint on;
+# seed: the RNG states come from the file)
+RESUMABLE_CHANGES = frozenset({"steps", "device", "log_every", "compile", "cuda_graphs", "seed"})
 
 
 def inductor_options(channels_last: bool = False, mode: str | None = None, extra: dict | None = None) -> dict:
@@ -286,6 +292,9 @@ class Trainer:
         self.loss, self.schedule, self.meta = loss, schedule, dict(meta or {})
         self.target = copy.deepcopy(self.model).requires_grad_(False) if schedule is not None else None
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        if cfg.cuda_graphs and self.world_size > 1:
+            raise ValueError("TrainConfig.cuda_graphs is for one process (CUDA graphs have not been tried with "
+                             "data parallelism here): set train.cuda_graphs=False under torchrun")
         if cfg.compile:
             self.compile_graphs()
         self.ddp = None
@@ -319,9 +328,10 @@ class Trainer:
         # a loss with a tangent pass (the continuous-time ones) compiles it too, and says which Inductor
         # options the network then needs (compile_options: the same dropout masks in both graphs)
         extra = getattr(self.loss, "compile_options", None)
+        mode = "reduce-overhead" if cfg.cuda_graphs else None
         for m in (self.model, self.target):
             if m is not None:
-                compile_net(getattr(m, "net", m), cfg.channels_last, extra=extra)
+                compile_net(getattr(m, "net", m), cfg.channels_last, mode, extra)
         if hasattr(self.loss, "compile_jvp"):
             self.loss.compile_jvp(inductor_options(cfg.channels_last))
         cfg.compile = True

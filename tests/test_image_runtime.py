@@ -345,12 +345,9 @@ def test_the_source_digest_names_every_source_file_and_its_content(tmp_path, mon
         devices.source_digest.cache_clear()
 
 
-def test_a_run_that_goes_on_compiled_refits_K_and_ends_with_its_budget(tmp_path, monkeypatch):
-    """A 5-minute run calibrated eagerly at 4 s a step goes on compiled when the other process's graphs are
-    ready (here at t = 150 s) and then steps at 2 s. Logging every 50 steps, a refit at the regular cadence
-    would come only after the eagerly fitted K (about 75) was done, ending the run near 225 s with a quarter
-    of its budget unused (a CIFAR-10 CD run on an H100 did so). K must be refitted within QUICK_STEPS steps
-    of the switch and the run end at its budget."""
+def _compiled_at_150(monkeypatch):
+    """A fake clock and a tiny iCT recipe whose run trains eagerly at 4 s a step until the other process's
+    graphs are ready at t = 150 s, then compiled at 2 s a step (nothing is really compiled)."""
     import cmlite.training as training_mod
     clock = StepClock(monkeypatch, step_s=4.0)
 
@@ -368,7 +365,16 @@ def test_a_run_that_goes_on_compiled_refits_K_and_ends_with_its_budget(tmp_path,
     monkeypatch.setattr(training_mod, "compile_net", lambda net, *a, **k: net)
     monkeypatch.setattr(run_mod, "CompileAhead", ReadyAt150)
     monkeypatch.setattr(Trainer, "compile_graphs", compile_graphs)
-    r = get_recipe("tiny-ict").with_overrides(["train.compile=auto", "train.log_every=50"])
+    return clock, get_recipe("tiny-ict").with_overrides(["train.compile=auto", "train.log_every=50"])
+
+
+def test_a_run_that_goes_on_compiled_refits_K_and_ends_with_its_budget(tmp_path, monkeypatch):
+    """A 5-minute run calibrated eagerly at 4 s a step goes on compiled when the other process's graphs are
+    ready (here at t = 150 s) and then steps at 2 s. Logging every 50 steps, a refit at the regular cadence
+    would come only after the eagerly fitted K (about 75) was done, ending the run near 225 s with a quarter
+    of its budget unused (a CIFAR-10 CD run on an H100 did so). K must be refitted within QUICK_STEPS steps
+    of the switch and the run end at its budget."""
+    clock, r = _compiled_at_150(monkeypatch)
     s = train(r, tmp_path / "run", minutes=5.0, clock=clock, cache_dir=tmp_path / "cache", progress=False)
     ahead = s["compile_ahead"]
     assert s["calibrated_seconds_per_step"] == pytest.approx(4.0) and 150.0 <= ahead["ready_after_s"] < 155.0
@@ -377,6 +383,44 @@ def test_a_run_that_goes_on_compiled_refits_K_and_ends_with_its_budget(tmp_path,
     # the run's hard stop keeps the grid's time as estimated at the eager rate (1.3 s more than at 2 s a step)
     assert 0 <= s["K"] - s["steps"] <= 1, (s["steps"], s["K"])
     assert 300.0 - 4.0 <= clock.t <= 300.0 + 2.0 + grid_seconds(2.0, r.train.batch_size, 1), clock.t
+
+
+def test_a_refitted_K_continues_the_schedule_and_resumes_exactly(tmp_path, monkeypatch):
+    """In the run above K grows when the run goes on compiled (about 75 -> 110). Built afresh for the new K,
+    iCT's schedule would set N back a stage (k / K falls; a CIFAR-10 iCT run on an H100 went from N = 41 to
+    21). It goes on from where it was instead: N, read before every step, never falls and ends at the
+    recipe's s1 + 1. The refit is in the checkpoint (meta 'refit'), so a run stopped after it and resumed
+    takes the same N at every later step, and its history equals the uninterrupted run's."""
+    import os
+    import signal
+    clock, r = _compiled_at_150(monkeypatch)
+    N = {"a": {}, "b": {}}
+
+    def record(run, stop=None):
+        def cb(tr):
+            N[run][tr.step] = tr.schedule(tr.step)[0]   # the N of the next step
+            if tr.step == stop:
+                os.kill(os.getpid(), signal.SIGINT)   # the run writes its checkpoint and stops
+        return cb
+    kw = dict(minutes=5.0, clock=clock, progress=False, callback_every=1)   # a cache each: both start cold
+    s = train(r, tmp_path / "b", callback=record("b"), cache_dir=tmp_path / "cache-b", **kw)
+    ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    k0, v0 = ckpt["meta"]["refit"]
+    assert s["K"] > 100 and 0 < k0 < s["K"] and v0 >= k0, (s["K"], k0, v0)   # refitted upwards, not from 0
+    b = [N["b"][k] for k in sorted(N["b"])]
+    assert all(y >= x for x, y in zip(b, b[1:])), b
+    assert b[-1] == r.s1 + 1
+    clock.t, clock.step_s = 0.0, 4.0
+    stop = k0 + 7
+    with pytest.raises(KeyboardInterrupt):
+        train(r, tmp_path / "a", callback=record("a", stop), cache_dir=tmp_path / "cache-a", **kw)
+    assert torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["step"] == stop
+    N["a"].clear()
+    train(r, tmp_path / "a", resume=True, callback=record("a"), cache_dir=tmp_path / "cache-a",
+          **{**kw, "minutes": None})
+    assert N["a"] == {k: v for k, v in N["b"].items() if k > stop}
+    ha, hb = (json.loads((tmp_path / d / "history.json").read_text()) for d in "ab")
+    assert ha == hb
 
 
 def _toy(precision="fp16", steps=10, seed=0, inf_at=()):

@@ -199,6 +199,22 @@ def test_compiled_step_matches_fp32_eager_step():
     assert float((grad_c - grad0).norm() / grad0.norm()) < 1e-3
 
 
+def test_cuda_graphs_compile_the_trained_networks_in_reduce_overhead_mode(monkeypatch):
+    """train.cuda_graphs=True compiles the online and target networks with Inductor's 'reduce-overhead'
+    options (CUDA graphs on a GPU; a CPU run skips the graphs), and only in one process."""
+    import cmlite.training as training_mod
+    from cmlite.training import inductor_options
+    assert inductor_options(mode="reduce-overhead")["triton.cudagraphs"] is True
+    modes = []
+    monkeypatch.setattr(training_mod, "compile_net", lambda net, cl=False, mode=None, extra=None: modes.append(mode))
+    _trainer(compile=True, cuda_graphs=True)
+    _trainer(compile=True)
+    assert modes == ["reduce-overhead"] * 2 + [None] * 2
+    monkeypatch.setattr(training_mod, "world", lambda: (0, 2))   # as under torchrun
+    with pytest.raises(ValueError, match="one process"):
+        _trainer(compile=True, cuda_graphs=True)
+
+
 def test_sample_grid_callback_writes_the_ema_samples(tmp_path):
     from PIL import Image
     from cmlite.image.callbacks import SampleGrid

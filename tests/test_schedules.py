@@ -91,3 +91,37 @@ def test_schedule_objects():
     N, mu = cm.CTSchedule(K=100)(100)
     assert N == 151 and 0.9 < mu < 1
     assert cm.ICTSchedule(K=100)(0) == (11, 0.0)
+
+
+@pytest.mark.parametrize("cls", [cm.CTSchedule, cm.ICTSchedule, cm.ECTSchedule])
+def test_a_refitted_schedule_never_sets_N_back_and_ends_at_its_K(cls):
+    """A run's K refitted twice (a time budget, step times that change): each refit goes on from the share of
+    the curriculum already done, so N(k) over the whole run never falls, and the run ends at the last
+    schedule's final N. 300 seeded random (K, k0) triples per schedule."""
+    from cmlite.schedules import refit
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        K1, K2, K3 = (int(x) for x in rng.integers(5, 3000, 3))
+        k0 = int(rng.integers(0, min(K1, K2)))
+        k1 = int(rng.integers(k0, max(min(K2, K3), k0 + 1)))
+        s1 = cls(K1)
+        s2 = refit(s1, k0, K1, cls(K2), K2)
+        s3 = refit(s2, k1, K2, cls(K3), K3)
+        N = [s1(k)[0] for k in range(k0)] + [s2(k)[0] for k in range(k0, k1)] + [s3(k)[0] for k in range(k1, K3 + 1)]
+        assert all(b >= a for a, b in zip(N, N[1:])), (K1, K2, K3, k0, k1)
+        assert s3(K3) == cls(K3)(K3)
+
+
+def test_refit_rounds_stages_forward_and_keeps_an_unchanged_K():
+    """iCT's stage length is floor(K / 8): with K = 21 it is 2 steps, and step 15 is in the last stage (N = 1281).
+    The same share of K = 376 (step 269 of 376) is in stage 5 (N = 321): the refit moves on to the first step
+    whose N is 1281 again. An unchanged K continues the schedule exactly."""
+    from cmlite.schedules import refit
+    old, new = cm.ICTSchedule(21), cm.ICTSchedule(376)
+    assert old(15)[0] == 1281 and new(269)[0] == 321
+    r = refit(old, 15, 21, new, 376)
+    assert r(15)[0] == 1281 and r.v0 == 329 and new(328)[0] < 1281   # 329 = 7 x 47, the last stage's start
+    same = refit(old, 7, 21, cm.ICTSchedule(21), 21)
+    assert [same(k) for k in range(7, 25)] == [old(k) for k in range(7, 25)]
+    with pytest.raises(ValueError, match="positive"):
+        refit(old, 3, 0, new, 376)

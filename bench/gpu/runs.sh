@@ -79,7 +79,7 @@ python -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
 # so that `wait` shows the run's progress (through awk the log came in blocks minutes apart on a GPU machine).
 T() { local name=$1; shift; echo "=== train $name $(date +%T)"; local t0=$(date +%s)
       python -m cmlite train $name --out $R/$name "$@" ${TRAIN_SET:+--set $TRAIN_SET} 2>&1 | stdbuf -oL tr '\r' '\n' | grep --line-buffered -v '^\s*$' \
-        | sed -un -E '1~20{p;b};/Error|error|Traceback|steps,|first step|calibrat|compil/p' > $L/train-$name.log
+        | sed -un -E '1~20{p;b};/Error|error|Traceback|steps,|first step|calibrat|compil|step time/p' > $L/train-$name.log
       echo "$name wall $(( $(date +%s) - t0 )) s" | tee -a $L/train-$name.log; }
 SAMPLES() { for r in "$@"; do for k in 1 2; do
       python -m cmlite sample $R/$r --steps $k --n 10000 --out $R/$r/samples-$k.npz 2>&1 | tail -n 1 | tee -a $L/samples.log

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..sampling import multistep_sample
-from ..schedules import EPS, T_MAX, karras_boundaries
+from ..schedules import EPS, T_MAX, Refitted, karras_boundaries, refit
 from ..ode import solve
 from ..devices import (COMPILE_AHEAD_MIN_MINUTES, COMPILE_PAYS_AFTER_MINUTES, compile_cache, compile_marker,
                        compile_pays, compile_plan, resolve_compile, source_digest,
@@ -164,8 +164,8 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
         marker = compile_marker(cache_dir, {
             "net": recipe.net, "net_overrides": recipe.net_overrides, "dataset": recipe.dataset,
             "method": recipe.method, "conditional": recipe.conditional, "batch": cfg.batch_size // world_size,
-            "precision": cfg.precision, "channels_last": cfg.channels_last, "torch": torch.__version__,
-            "card": card, "code": source_digest()})
+            "precision": cfg.precision, "channels_last": cfg.channels_last, "cuda_graphs": cfg.cuda_graphs,
+            "torch": torch.__version__, "card": card, "code": source_digest()})
         warm = os.path.exists(marker)
         if compile_ahead is None and auto_compile:
             plan = compile_plan(minutes, warm, world_size)
@@ -231,11 +231,14 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
                 net.load_state_dict(teacher_model.net.state_dict())
         K = saved["meta"]["K"] if saved is not None else steps or cfg.steps
         model, loss, schedule = build(recipe, net, teacher_model, steps=K)
+        refitted = saved["meta"].get("refit") if saved is not None else None   # [k0, v0]: see schedules.Refitted
+        if refitted is not None and schedule is not None:
+            schedule = Refitted(schedule, K, *refitted)
         batches = GPUBatches(data if recipe.conditional else ImageData(data.images, None, 0, data.name),
                              cfg.batch_size // world_size, device, flip=recipe.flip, channels_last=cfg.channels_last,
                              seed=cfg.seed, rank=rank, world_size=world_size)
         meta = {"recipe": recipe.name, "method": recipe.method, "shape": [data.channels, *data.images.shape[2:]],
-                "num_classes": num_classes, "K": K}
+                "num_classes": num_classes, "K": K, **({"refit": refitted} if refitted is not None else {})}
         cfg.steps = steps if (saved is not None and steps) else K  # resume: --steps is where to stop; K stays
         trainer = Trainer(model, loss, batches, cfg, schedule, meta=meta, clock=clock)
         if saved is not None:
@@ -269,8 +272,12 @@ def train(recipe: Recipe, out: str | os.PathLike, *, data_root=None, teacher: st
                 say(f"first training step done {now - t_start:.1f} s after the start (imports, data, networks"
                     + (", compilation" if cfg.compile else "") + ")")
 
-        def set_K(K: int) -> None:   # the step count, and the schedule whose horizon it is
-            trainer.schedule = build(recipe, net, teacher_model, steps=K)[2]
+        def set_K(K: int) -> None:   # the step count, and the schedule whose horizon it is, continued from
+            new = build(recipe, net, teacher_model, steps=K)[2]   # where it was (N never falls)
+            if new is not None and trainer.schedule is not None:
+                new = refit(trainer.schedule, trainer.step, trainer.meta["K"], new, K)
+                trainer.meta["refit"] = [new.k0, new.v0]
+            trainer.schedule = new
             trainer.config.steps = trainer.meta["K"] = K
 
         def go_compiled(tr) -> None:   # a late compile: from the cache, or once the other process is done
