@@ -1,5 +1,5 @@
 """The step benchmark's script on a CPU: its self-check runs every step kind and variant, and its FLOP
-counts obey the arithmetic of the steps.
+counts obey the arithmetic of the steps; the CUDA-graph check's script seeds its variants alike.
 
 FLOP arithmetic (convolutions and matmuls, which are all FlopCounterMode counts): with F the FLOPs of one
 forward pass of the network, a backward pass costs 2F (gradients with respect to the input and to the
@@ -9,6 +9,7 @@ passes at other times), and a CD step (the same plus two teacher evaluations of 
 that first-layer term: for the tiny U-Net (a 3x3 convolution from the image's few channels to 16) it is 0.08%
 of the total, so 1% bounds it with room, while a count that missed a pass (3F, 5F) is 25% or 17% off."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,17 @@ def test_startup_bench_times_a_variant_in_a_fresh_process(tmp_path):
     (row,) = res["variants"]
     assert res["recipe"] == "tiny-teacher" and row["variant"] == "eager" and row["compile"] is False
     assert 0 < row["startup_s"] < row["process_s"] and row["compiled_from_s"] is None
+
+
+def test_graph_check_seeds_every_variant_alike(tmp_path):
+    """bench/gpu/graph_check.py compares variants of the same training steps. Two eager runs of the same
+    seed must agree exactly (else a difference on the GPU would say nothing about CUDA graphs), and the JSON
+    holds each run's losses and its differences from the reference."""
+    script = ROOT / "bench" / "gpu" / "graph_check.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path), "--recipe", "tiny-ict", "--batch", "4", "--steps", "3",
+                    "--variants", "eager", "eager"], check=True, cwd=ROOT, capture_output=True, timeout=600)
+    res = json.loads((tmp_path / "graph_check.json").read_text())
+    assert res["reference"] == "eager" and len(res["runs"]) == 2
+    a, b = res["runs"]
+    assert len(a["loss"]) == 3 and a["loss"] == b["loss"] and all(math.isfinite(x) for x in a["loss"])
+    assert b["loss_max_rel_diff"] == 0.0 and b["weights_rel_l2_diff"] == 0.0
