@@ -35,7 +35,7 @@ def pack(file: Path, dir1: Path, dir2: Path, beside: Path | None = None) -> list
     xz = lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)
     extra = beside.stat().st_size if beside is not None else 0
     # the first part: half of what both folders hold, less what already travels in the first
-    first = min(max((len(xz) - extra) // 2, 0), len(xz))
+    first = max((len(xz) - extra) // 2, 0)
     sizes = [first, len(xz) - first]
     manifest = {"name": file.name, "sha1": sha1(raw), "bytes": len(raw), "parts": sizes}
     for i, (d, chunk) in enumerate(zip((dir1, dir2), (xz[:first], xz[first:]))):
