@@ -278,7 +278,8 @@ for name, x in results.items():
 # `2026-12-06-h100-c` (the same from an empty compile cache, and CIFAR-10 sCT), then on an H200
 # `2026-12-06-h200` (a 10-minute CIFAR-10 teacher and CIFAR-10 ECT), `2026-12-06-h100-d` (MNIST CD alone) and
 # `2026-12-06-h100-e`, `2026-12-06-h100-f` and `2026-12-06-h200-b` (MNIST ECT, iCT and CT alone), then
-# `2026-12-07-h100` (CIFAR-10 iCT alone)). Each holds, for
+# `2026-12-07-h100` (CIFAR-10 iCT alone) and `2026-12-07-h200` (CIFAR-10 CT alone, MNIST ECT with CUDA graphs)).
+# Each holds, for
 # 10,000 samples, the Fréchet distance to the training set in two feature spaces (Inception-v3 and
 # cmlite's own classifier) and the *floor*: the same distance for real images the model never saw. The
 # plot puts each teacher's FID against its number of network evaluations (Heun on 2 … 18 grid points)
